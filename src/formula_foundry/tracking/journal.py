@@ -1,0 +1,306 @@
+"""Journal files: the writer (one process, OS-locked) and the streaming reader.
+
+Record grammar: see :mod:`formula_foundry.tracking.events` (members) and
+:mod:`formula_foundry.tracking.framing` (one checksummed JSON line each).
+
+Writer guarantees
+    * Every append is one ``os.write`` of a whole line on an ``O_APPEND`` file
+      descriptor, made before the logging call returns: a process that dies
+      right after a call has lost nothing of it (the OS holds the bytes).
+    * ``fsync`` per policy: ``always`` (every append), ``interval`` (when at least
+      ``fsync_interval`` seconds passed since the last one), ``never``; ``close``
+      always fsyncs the file and its directory.
+    * One writer per file: the file is created exclusively and held under a
+      non-blocking ``flock``; a second opener gets :class:`JournalLockedError`.
+    * A failed append (ENOSPC, EROFS, EIO, ...) truncates the file back to the
+      last whole line, so the next append is never glued onto a fragment. If
+      even that fails, the next append starts with ``\\n`` so the fragment
+      reads as one corrupt line, never as part of a good one.
+    * Thread-safe: a lock orders sequence numbers and writes.
+
+Reader guarantees
+    * Streams in 1 MiB chunks from any byte offset: memory stays flat.
+    * Stops before an incomplete last line (no ``\\n`` yet) and reports where it
+      stopped, so the caller takes that line once it is complete.
+    * A line that fails its checksum, or a sequence gap, raises
+      :class:`CorruptRecordError` naming the journal, line number and byte offset,
+      after every good record before it was yielded.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from formula_foundry.errors import (
+    CorruptRecordError,
+    JournalLockedError,
+    JournalWriteError,
+    RunStateError,
+    UnsupportedVersionError,
+)
+from formula_foundry.tracking.events import FORMAT_VERSION, TYPES
+from formula_foundry.tracking.framing import FrameError, frame, unframe
+
+__all__ = ["JOURNAL_SUFFIX", "Entry", "JournalReader", "JournalWriter", "ReadPosition"]
+
+JOURNAL_SUFFIX = ".jsonl"
+_CHUNK = 1 << 20
+
+# Writers open in this process; a forked child must not write to its parent's journals.
+_open_writers: set[JournalWriter] = set()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_open_writers):
+        writer._forked = True
+    _open_writers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class JournalWriter:
+    """Appends framed records to one journal file that this process owns."""
+
+    def __init__(self, path: Path | str, *, fsync: str = "interval", fsync_interval: float = 1.0,
+                 on_error: str = "raise") -> None:
+        if fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync policy must be always, interval or never, not {fsync!r}")
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be raise or warn, not {on_error!r}")
+        self.path = Path(path)
+        self._fsync_always = fsync == "always"
+        self._fsync_interval = fsync_interval if fsync == "interval" else None
+        self._warn = on_error == "warn"
+        self._warned = False
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._size = 0
+        self._needs_newline = False
+        self._forked = False
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                               0o644)
+        except FileExistsError:
+            raise JournalLockedError(f"{self.path}: journal already exists; each process writes its own "
+                                     "journal (attach to a run to add a segment)") from None
+        except OSError as exc:
+            raise JournalWriteError(exc.errno, f"{self.path}: cannot create journal: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise JournalLockedError(f"{self.path}: journal is locked by another process") from None
+        self._last_fsync = time.monotonic()
+        _fsync_dir(self.path.parent)
+        _open_writers.add(self)
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, type_: str, fields: dict) -> int:
+        """Write one record; returns its sequence number (-1 if dropped under ``on_error="warn"``)."""
+        with self._lock:
+            if self._closed or self._forked:
+                raise RunStateError(
+                    f"{self.path}: journal is closed" if self._closed else
+                    f"{self.path}: this journal belongs to the parent process; a forked child must "
+                    "attach to the run (Tracker.attach_run) to log into its own segment")
+            seq = self._seq
+            line = frame({"v": FORMAT_VERSION, "seq": seq, "ts": int(time.time() * 1000),
+                          "type": type_, **fields})
+            if self._needs_newline:
+                line = b"\n" + line
+            try:
+                self._write_all(line)
+            except OSError as exc:
+                self._recover(exc)
+                return -1
+            self._needs_newline = False
+            self._size += len(line)
+            self._seq = seq + 1
+            if self._fsync_always:
+                os.fsync(self._fd)
+            elif self._fsync_interval is not None:
+                now = time.monotonic()
+                if now - self._last_fsync >= self._fsync_interval:
+                    os.fsync(self._fd)
+                    self._last_fsync = now
+            return seq
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            if written == 0:
+                raise OSError(errno.EIO, "write returned 0 bytes")
+            view = view[written:]
+
+    def _recover(self, exc: OSError) -> None:
+        """Put the file back at the last whole line, then raise or warn per policy."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self._needs_newline = True
+        message = f"{self.path}: append failed: {exc.strerror or exc}"
+        if not self._warn:
+            raise JournalWriteError(exc.errno, message) from None
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message + " (on_write_error=warn: later failures are not reported)",
+                          RuntimeWarning, stacklevel=4)
+
+    def sync(self) -> None:
+        with self._lock:
+            if not self._closed:
+                os.fsync(self._fd)
+                self._last_fsync = time.monotonic()
+
+    def close(self) -> None:
+        """Fsync and release the file; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            _open_writers.discard(self)
+            if self._forked:
+                return  # the fd is the parent's; leave it alone
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
+            finally:
+                os.close(self._fd)
+        _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    """Where reading resumes: byte offset of the next line, its 1-based number, the next seq."""
+
+    offset: int = 0
+    line: int = 1
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One verified record with its place in the journal."""
+
+    record: dict
+    offset: int  # byte offset where the line starts
+    line: int  # 1-based line number
+    end: ReadPosition  # the position just after this record
+
+
+class JournalReader:
+    """Streams verified records from a journal file. Holds no lock; never writes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.pending_bytes = 0  # bytes of an incomplete last line seen by the last read
+
+    def entries(self, start: ReadPosition = ReadPosition(), *, skip_corrupt: bool = False,
+                on_skip=None) -> Iterator[Entry]:
+        """Yield every complete, verified record from ``start``.
+
+        With ``skip_corrupt``, a corrupt line is passed to ``on_skip(error)`` and
+        reading goes on after it (the sequence check resynchronises on the next
+        good record); otherwise :class:`CorruptRecordError` is raised.
+        """
+        offset, line_no, seq = start.offset, start.line, start.seq
+        self.pending_bytes = 0
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            buffer = b""
+            while True:
+                chunk = fh.read(_CHUNK)
+                if not chunk:
+                    self.pending_bytes = len(buffer)
+                    return
+                buffer += chunk
+                start_of_line = 0
+                while True:
+                    nl = buffer.find(b"\n", start_of_line)
+                    if nl < 0:
+                        break
+                    raw = buffer[start_of_line:nl]
+                    line_offset = offset
+                    offset += nl + 1 - start_of_line
+                    start_of_line = nl + 1
+                    try:
+                        record = self._check(raw, seq)
+                    except FrameError as exc:
+                        error = CorruptRecordError(str(exc), path=self.path, line=line_no, offset=line_offset)
+                        line_no += 1
+                        if not skip_corrupt:
+                            raise error from None
+                        if on_skip is not None:
+                            on_skip(error)
+                        seq = None  # resynchronise on the next good record
+                        continue
+                    seq = record["seq"] + 1
+                    line_no += 1
+                    yield Entry(record, line_offset, line_no - 1, ReadPosition(offset, line_no, seq))
+                buffer = buffer[start_of_line:]
+
+    def _check(self, raw: bytes, seq: int | None) -> dict:
+        if not raw.strip():
+            raise FrameError("empty line")
+        record = unframe(raw)
+        version = record.get("v")
+        if not isinstance(version, int):
+            raise FrameError("record has no format version")
+        if version > FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"{self.path}: written by journal format version {version}; this reader knows "
+                f"up to {FORMAT_VERSION}: upgrade formula-foundry")
+        if record.get("type") not in TYPES:
+            raise FrameError(f"unknown record type {record.get('type')!r}")
+        got = record.get("seq")
+        if not isinstance(got, int):
+            raise FrameError("record has no sequence number")
+        if seq is not None and got != seq:
+            raise FrameError(f"sequence gap: expected seq {seq}, found {got}")
+        return record
+
+    def records(self, start: ReadPosition = ReadPosition()) -> Iterator[dict]:
+        for entry in self.entries(start):
+            yield entry.record
+
+    def first_record(self) -> dict | None:
+        """The journal's first record (its run_start/run_attach header), or None if not yet complete."""
+        for entry in self.entries():
+            return entry.record
+        return None

@@ -1,0 +1,431 @@
+"""Seed 001's tracking API over the journal: ``get_tracker()``, :class:`Tracker`, :class:`Run`.
+
+Every logging call validates its input (:mod:`.validation`), then appends one
+record to the run's journal (:mod:`.journal`) and returns: no MLflow, no
+network, no background thread. ``ff-ingest`` later replays the journal into
+MLflow.
+
+Where journals go
+    ``start_run(run_artifacts=ra)`` writes into ``ra.run_dir/tracking/``; a
+    nested run without ``run_artifacts`` shares its parent's run directory;
+    any other run gets a fresh run directory under ``journal.root`` (default
+    ``data/runs``). The file is ``<run_id>.<journal_id>.jsonl``.
+
+Run ids
+    ``run.run_id`` is a 32-hex id chosen by the producer. MLflow chooses its
+    own run ids, so the ingester stores ours as the tag ``ff.run_id``;
+    ``docs/viewing-results.md`` shows how to look a run up by it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from formula_foundry.errors import RunStateError, ValidationError
+from formula_foundry.substrate import RunArtifacts, init_run_dir
+from formula_foundry.tracking.config import Config, load_config
+from formula_foundry.tracking.events import (
+    TAG_RUN_ID,
+    TAG_SUBSTRATE_RUN_DIR,
+    TAG_SUBSTRATE_RUN_ID,
+    manifest_tags,
+)
+from formula_foundry.tracking.journal import JOURNAL_SUFFIX, JournalWriter
+from formula_foundry.tracking.validation import (
+    check_key,
+    check_step,
+    check_timestamp,
+    metric_value,
+    param_value,
+    tag_value,
+)
+
+__all__ = ["NoopRun", "Run", "Tracker", "get_tracker"]
+
+_MAX_RUN_NAME = 250
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:60]
+    return slug or "run"
+
+
+class Run:
+    """One tracked run, writing one journal segment. Use it as a context manager."""
+
+    def __init__(self, tracker: Tracker, *, run_id: str, run_name: str | None, experiment_name: str | None,
+                 run_dir: Path, parent: Run | None, owner: bool) -> None:
+        self._tracker = tracker
+        self.run_id = run_id
+        self.run_name = run_name
+        self.experiment_name = experiment_name
+        self.run_dir = run_dir
+        self.parent_run_id = parent.run_id if parent is not None else None
+        self.journal_id = uuid.uuid4().hex[:16]
+        self.journal_path = run_dir / "tracking" / f"{run_id}.{self.journal_id}{JOURNAL_SUFFIX}"
+        self.owner = owner
+        self.status: str | None = None
+        cfg = tracker.config.journal
+        self._writer = JournalWriter(self.journal_path, fsync=cfg.fsync,
+                                     fsync_interval=cfg.fsync_interval_seconds, on_error=cfg.on_write_error)
+        self._append = self._writer.append
+        self._params: dict[str, str] = {}
+        self._metric_keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- seed 001 API ---------------------------------------------------------------
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Log a param. The same value again is a no-op; a different value is an error."""
+        self.log_params({key: value})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log several params in one record (all validated before anything is written)."""
+        values = {check_key(k, "param"): param_value(k, v) for k, v in params.items()}
+        with self._lock:
+            new = {}
+            for key, text in values.items():
+                old = self._params.get(key)
+                if old is None:
+                    new[key] = text
+                elif old != text:
+                    raise ValidationError(
+                        f"param {key!r} was already logged in run {self.run_id} with value {old!r}; "
+                        f"a param has one value per run (got {text!r}). Log a metric or a tag for "
+                        "values that change", key=key, rule="param-conflict")
+            if not new:
+                return
+            if len(new) == 1:
+                ((key, text),) = new.items()
+                self._append("param", {"key": key, "value": text})
+            else:
+                self._append("params", {"values": new})
+            self._params.update(new)
+
+    def log_metric(self, key: str, value: float, step: int | None = None,
+                   timestamp: int | None = None) -> None:
+        """Log one metric point. NaN and ±inf are kept exactly."""
+        if key not in self._metric_keys:
+            self._metric_keys.add(check_key(key, "metric"))
+        # Fast path: a finite float (inf - inf and nan - nan are nan, which != 0.0).
+        if type(value) is not float or value - value != 0.0:
+            value = metric_value(key, value)
+        if step is None:
+            step = 0
+        elif type(step) is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
+            step = check_step(key, step)
+        if timestamp is None:
+            self._append("metric", {"key": key, "value": value, "step": step})
+        else:
+            self._append("metric", {"key": key, "value": value, "step": step,
+                                    "mts": check_timestamp(key, timestamp)})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
+                    timestamp: int | None = None) -> None:
+        """Log several metrics at one step in one record."""
+        values = {check_key(k, "metric"): metric_value(k, v) for k, v in metrics.items()}
+        if not values:
+            return
+        fields: dict[str, Any] = {"values": values, "step": 0 if step is None else check_step("*", step)}
+        if timestamp is not None:
+            fields["mts"] = check_timestamp("*", timestamp)
+        self._append("metrics", fields)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag; a later value for the same key replaces the earlier one."""
+        self._append("tag", {"key": check_key(key, "tag"), "value": tag_value(key, value)})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        values = {check_key(k, "tag"): tag_value(k, v) for k, v in tags.items()}
+        if values:
+            self._append("tags", {"values": values})
+
+    def log_manifest(self, manifest: Any) -> None:
+        """Record the substrate manifest: its fields as tags, the whole as ``manifest.json``."""
+        data, tags = _manifest_parts(manifest)
+        self.set_tags(tags)
+        self._append("manifest", {"manifest": data})
+
+    def log_artifact_reference(self, logical_path: str, digest: str, size_bytes: int, *,
+                               store_uri: str | None = None, media_type: str | None = None) -> None:
+        """Record a reference to an artifact in the substrate store (REQ-M3-005).
+
+        The ingester writes it as a small JSON file under ``artifact_refs/`` in the
+        run's artifacts; the artifact itself is never copied.
+        """
+        if not isinstance(logical_path, str) or not logical_path.strip():
+            raise ValidationError(f"artifact reference: logical_path must be a non-empty string, got "
+                                  f"{logical_path!r}", key="logical_path", rule="artifact-path")
+        norm = logical_path.replace("\\", "/")
+        if norm.startswith("/") or ".." in norm.split("/"):
+            raise ValidationError(f"artifact reference: logical_path {logical_path!r} must be relative "
+                                  "and must not contain '..'", key="logical_path", rule="artifact-path")
+        digest_hex = digest.split(":", 1)[1] if isinstance(digest, str) and ":" in digest else digest
+        if not isinstance(digest_hex, str) or not re.fullmatch(r"[0-9a-f]{64}", digest_hex):
+            raise ValidationError(f"artifact reference {logical_path!r}: digest {digest!r} is not a "
+                                  "sha256 hex digest", key="digest", rule="artifact-digest")
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
+            raise ValidationError(f"artifact reference {logical_path!r}: size_bytes {size_bytes!r} must "
+                                  "be a non-negative integer", key="size_bytes", rule="artifact-size")
+        self._append("artifact_ref", {"logical_path": norm, "digest": digest_hex, "size_bytes": size_bytes,
+                                      "store_uri": store_uri, "media_type": media_type})
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.status is None
+
+    def end(self, status: str = "FINISHED", *, error: str | None = None) -> None:
+        """End the run (idempotent). Attached segments close without changing the run's status."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status must be FINISHED, FAILED or KILLED, not {status!r}")
+        if self.status is not None:
+            return
+        self.status = status
+        try:
+            if self.owner:
+                fields: dict[str, Any] = {"status": status}
+                if error:
+                    fields["error"] = error[:1000]
+                self._append("run_end", fields)
+            else:
+                self._append("segment_end", {})
+        finally:
+            self._writer.close()
+            self._tracker._pop(self)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end("KILLED", error="KeyboardInterrupt")
+        else:
+            self.end("FAILED", error=f"{exc_type.__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} name={self.run_name!r} journal={self.journal_path}>"
+
+
+class NoopRun:
+    """What a disabled tracker yields: the same API, and nothing is written anywhere."""
+
+    def __init__(self, run_name: str | None = None) -> None:
+        self.run_id = uuid.uuid4().hex
+        self.run_name = run_name
+        self.journal_path = None
+        self.status: str | None = None
+
+    def _noop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    log_param = log_params = log_metric = log_metrics = set_tag = set_tags = _noop
+    log_manifest = log_artifact_reference = _noop
+
+    def end(self, status: str = "FINISHED", *, error: str | None = None) -> None:
+        self.status = self.status or status
+
+    def __enter__(self) -> NoopRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end("FINISHED" if exc_type is None else "FAILED")
+
+
+def _manifest_parts(manifest: Any) -> tuple[dict, dict[str, str]]:
+    if hasattr(manifest, "to_dict"):
+        data = manifest.to_dict()
+        tags = manifest.tags() if hasattr(manifest, "tags") else manifest_tags(data)
+    elif isinstance(manifest, Mapping):
+        data = dict(manifest)
+        tags = manifest_tags(data)
+    else:
+        raise ValidationError(f"manifest must be a substrate Manifest or a mapping, got "
+                              f"{type(manifest).__name__}", key="manifest", rule="value-type")
+    return data, {k: tag_value(k, v) for k, v in tags.items()}
+
+
+class Tracker:
+    """Starts runs and keeps the stack of active ones (for ``nested=True``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stack: list[Run] = []
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.tracking.enabled
+
+    def active_run(self) -> Run | None:
+        with self._lock:
+            return self._stack[-1] if self._stack else None
+
+    def start_run(self, run_name: str | None = None, experiment_name: str | None = None,
+                  manifest: Any = None, run_artifacts: RunArtifacts | None = None, nested: bool = False,
+                  *, tags: Mapping[str, Any] | None = None, description: str | None = None) -> Run | NoopRun:
+        """Start a run and write its ``run_start`` record; returns a context manager.
+
+        ``nested=True`` makes the run a child of the active run. Starting a run
+        while another is active without ``nested=True`` is an error (as in MLflow).
+        """
+        if not self.enabled:
+            return NoopRun(run_name)
+        if run_name is not None and (not isinstance(run_name, str) or len(run_name) > _MAX_RUN_NAME):
+            raise ValidationError(f"run_name must be a string of at most {_MAX_RUN_NAME} characters, got "
+                                  f"{run_name!r:.80}", key="run_name", rule="run-name")
+        experiment = experiment_name or self.config.tracking.default_experiment
+        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500:
+            raise ValidationError(f"experiment_name must be a non-empty string of at most 500 characters, "
+                                  f"got {experiment!r:.80}", key="experiment_name", rule="experiment-name")
+        parent = self.active_run()
+        if parent is not None and not nested:
+            raise RunStateError(f"run {parent.run_id} ({parent.run_name!r}) is already active; end it first "
+                                "or pass nested=True to start a child run")
+        if not nested:
+            parent = None
+
+        all_tags: dict[str, str] = {
+            "mlflow.user": _user(),
+            "mlflow.source.name": _source_name(),
+            "mlflow.source.type": "LOCAL",
+        }
+        if manifest is not None:
+            manifest_data, mtags = _manifest_parts(manifest)
+            all_tags.update(mtags)
+            if mtags.get("git_sha", "unknown") != "unknown":
+                all_tags["mlflow.source.git.commit"] = mtags["git_sha"]
+        else:
+            manifest_data = None
+        run_id = uuid.uuid4().hex
+        if run_artifacts is not None:
+            run_dir = Path(run_artifacts.run_dir)
+            all_tags[TAG_SUBSTRATE_RUN_ID] = str(run_artifacts.run_id)
+            all_tags[TAG_SUBSTRATE_RUN_DIR] = str(run_dir.resolve())
+        elif parent is not None:
+            run_dir = parent.run_dir
+        else:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            run_dir = Path(init_run_dir(self.config.journal.root,
+                                        f"{stamp}-{_slug(run_name or 'run')}-{run_id[:8]}").run_dir)
+        if description:
+            all_tags["mlflow.note.content"] = description
+        for key, value in (tags or {}).items():
+            all_tags[check_key(key, "tag")] = tag_value(key, value)
+        all_tags[TAG_RUN_ID] = run_id
+
+        run = Run(self, run_id=run_id, run_name=run_name, experiment_name=experiment, run_dir=run_dir,
+                  parent=parent, owner=True)
+        run._append("run_start", {
+            "run_id": run_id, "journal_id": run.journal_id, "experiment": experiment, "run_name": run_name,
+            "parent_run_id": run.parent_run_id, "tags": all_tags, "host": socket.gethostname(),
+            "pid": os.getpid(),
+        })
+        if manifest_data is not None:
+            run._append("manifest", {"manifest": manifest_data})
+        with self._lock:
+            self._stack.append(run)
+        return run
+
+    def attach_run(self, run_id: str, *, run_dir: Path | str | None = None,
+                   run_artifacts: RunArtifacts | None = None) -> Run | NoopRun:
+        """Add this process's own journal segment to an existing run.
+
+        For a resumed run after a crash, or another rank of a data-parallel job:
+        each process writes its own file (one writer per journal) and the
+        ingester folds every segment into the one MLflow run. ``run_dir`` defaults
+        to the directory of the run's existing journal under the journal roots.
+        """
+        if not self.enabled:
+            return NoopRun()
+        if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+            raise ValidationError(f"run_id {run_id!r} is not a producer run id (32 hex digits)",
+                                  key="run_id", rule="run-id")
+        if run_artifacts is not None:
+            folder = Path(run_artifacts.run_dir)
+        elif run_dir is not None:
+            folder = Path(run_dir)
+        else:
+            folder = self._find_run_dir(run_id)
+        run = Run(self, run_id=run_id, run_name=None, experiment_name=None, run_dir=folder, parent=None,
+                  owner=False)
+        run._append("run_attach", {"run_id": run_id, "journal_id": run.journal_id,
+                                   "host": socket.gethostname(), "pid": os.getpid()})
+        return run
+
+    def _find_run_dir(self, run_id: str) -> Path:
+        for root in self.config.journal_roots:
+            for path in Path(root).glob(f"**/tracking/{run_id}.*{JOURNAL_SUFFIX}"):
+                return path.parent.parent
+        raise RunStateError(f"no journal of run {run_id} under {', '.join(map(str, self.config.journal_roots))}; "
+                            "pass run_dir= or run_artifacts=")
+
+    def _pop(self, run: Run) -> None:
+        with self._lock:
+            if run in self._stack:
+                self._stack.remove(run)
+
+    def end_all(self, status: str = "FINISHED") -> None:
+        """End every run still open (called at interpreter exit, as MLflow does)."""
+        with self._lock:
+            open_runs = list(reversed(self._stack))
+        for run in open_runs:
+            try:
+                run.end(status)
+            except Exception:  # noqa: BLE001 - best effort at exit; the journal stays valid
+                pass
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return "unknown"
+
+
+def _source_name() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "<interactive>"
+    return argv0[:500]
+
+
+_trackers: dict[tuple, Tracker] = {}
+_trackers_lock = threading.Lock()
+_ENV_KEYS = ("FF_CONFIG", "MLFLOW_TRACKING_URI", "FF_ARTIFACT_ROOT", "FF_JOURNAL_ROOT", "FF_TRACKING_ENABLED")
+
+
+def get_tracker(config: Config | Path | str | None = None) -> Tracker:
+    """The tracker for ``config`` (default: ``config/mlflow.yaml`` found from the current directory).
+
+    Calls with the same configuration return the same tracker, so nested runs
+    started through separate ``get_tracker()`` calls still see their parent.
+    """
+    if isinstance(config, Config):
+        return Tracker(config)
+    key = (str(config) if config is not None else None, Path.cwd() if config is None else None,
+           tuple(os.environ.get(k) for k in _ENV_KEYS))
+    with _trackers_lock:
+        tracker = _trackers.get(key)
+        if tracker is None:
+            tracker = Tracker(load_config(config))
+            _trackers[key] = tracker
+        return tracker
+
+
+@atexit.register
+def _end_open_runs() -> None:
+    for tracker in list(_trackers.values()):
+        tracker.end_all("FINISHED")

@@ -1,0 +1,42 @@
+"""Shared fixtures: a throw-away project (config/ + data/) per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_OVERRIDES = ("FF_CONFIG", "MLFLOW_TRACKING_URI", "FF_ARTIFACT_ROOT", "FF_JOURNAL_ROOT", "FF_TRACKING_ENABLED")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """No test sees the developer's overrides."""
+    for name in _OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder holding a copy of the real config/mlflow.yaml."""
+    root = tmp_path / "proj"
+    (root / "config").mkdir(parents=True)
+    shutil.copy(REPO / "config" / "mlflow.yaml", root / "config" / "mlflow.yaml")
+    return root
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch) -> Path:
+    """Run the test with the project as the current directory (as seed 001's examples assume)."""
+    monkeypatch.chdir(project)
+    return project
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
