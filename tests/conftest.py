@@ -40,3 +40,41 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+# --------------------------------------------------------------------------- MLflow stores
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory) -> Path:
+    """One migrated MLflow SQLite store per test session (creating one runs every migration: seconds)."""
+    pytest.importorskip("mlflow")
+    from formula_foundry.tracking.ingest.store_init import ensure_sqlite_store
+
+    folder = tmp_path_factory.mktemp("template-store")
+    db = folder / "mlruns.db"
+    ensure_sqlite_store(db, (folder / "artifacts").as_uri())
+    return db
+
+
+@pytest.fixture
+def store_project(project: Path, template_store: Path) -> Path:
+    """A project whose data/mlflow/mlruns.db is a fresh copy of the template store."""
+    target = project / "data" / "mlflow" / "mlruns.db"
+    target.parent.mkdir(parents=True)
+    shutil.copy(template_store, target)
+    return project
+
+
+def run_ff_ingest(project: Path, *args: str) -> int:
+    """Run ff-ingest in-process against ``project``'s config; returns its exit code."""
+    from formula_foundry.tracking.ingest.cli import main
+
+    return main([*args, "--config", str(project / "config" / "mlflow.yaml")]) if args[:1] not in (
+        ["view"],) else main(list(args))
+
+
+def mlflow_client(project: Path):
+    """An MlflowClient on ``project``'s SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'data' / 'mlflow' / 'mlruns.db'}")

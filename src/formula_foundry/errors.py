@@ -23,6 +23,7 @@ the place (file, line, key) and the rule that was broken.
     ├── IngestError
     │   ├── MlflowMissingError      the ingester needs ``formula-foundry[tracking]``
     │   ├── StoreUnavailableError   the tracking store cannot be reached right now
+    │   ├── StoreRejectedError      the store refused a batch (names journal, records, reason)
     │   └── IngesterLockedError     another ingester already serves these roots
     └── AcceptanceError             acceptance registry or a target expression is invalid (file, line, column)
 """
@@ -43,6 +44,7 @@ __all__ = [
     "JournalWriteError",
     "MlflowMissingError",
     "RunStateError",
+    "StoreRejectedError",
     "StoreUnavailableError",
     "SubstrateError",
     "TrackingError",
@@ -144,6 +146,10 @@ class MlflowMissingError(IngestError):
 
 class StoreUnavailableError(IngestError):
     """The tracking store cannot be reached; the journals keep everything meanwhile."""
+
+
+class StoreRejectedError(IngestError):
+    """The tracking store refused a batch; retrying the same batch will not help."""
 
 
 class IngesterLockedError(IngestError):

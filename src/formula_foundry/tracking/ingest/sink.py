@@ -41,7 +41,10 @@ class Batch:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)  # artifact path -> file content
     end: tuple[str, int] | None = None  # (status, end time ms)
-    records: int = 0  # journal records covered
+    records: int = 0  # journal records completed by this batch
+    position: ReadPosition | None = None  # journal position after the last completed record
+    closes_journal: bool = False  # holds the journal's run_end / segment_end
+    conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (param, kept, refused)
 
     def __bool__(self) -> bool:
         return bool(self.metrics or self.params or self.tags or self.artifacts or self.end or self.records)

@@ -1,0 +1,330 @@
+"""Replay journals into a sink, from each journal's checkpoint to its last complete record.
+
+``Replayer.ingest(paths)`` is the whole batch backfill and one step of the
+watch daemon: no threads, no signals, any :class:`~.sink.Sink`.
+
+Order: every journal's header (its first record) is read first; runs are
+created parents before children, and a run's own journal before the segments
+that attach to it, whatever order the files were found in. A journal whose
+parent (or owner) run is neither in this pass nor in the store waits.
+
+Per journal: find the MLflow run (the checkpoint remembers it; after a crash,
+the ``ff.run_id`` tag finds it; otherwise create it with that tag), then
+stream records through :class:`~.plan.BatchBuilder` and commit each batch with
+the checkpoint it completes. A corrupt line or a sequence gap stops that
+journal after committing everything before it; the other journals go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from formula_foundry.errors import (
+    CorruptRecordError,
+    StoreRejectedError,
+    UnsupportedVersionError,
+)
+from formula_foundry.tracking.ingest.plan import BatchBuilder, Limits
+from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, Sink
+from formula_foundry.tracking.journal import JournalReader, ReadPosition
+
+__all__ = ["Header", "JournalReport", "PassReport", "Replayer", "read_header"]
+
+TAG_PARENT = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class Header:
+    path: Path
+    kind: str  # run_start | run_attach
+    run_id: str
+    journal_id: str
+    experiment: str | None
+    run_name: str | None
+    parent_run_id: str | None
+    tags: dict
+    ts: int
+
+
+@dataclass
+class JournalReport:
+    path: Path
+    journal_id: str | None = None
+    run_id: str | None = None
+    mlflow_run_id: str | None = None
+    state: str = "pending"  # ingested | up-to-date | pending | waiting | error
+    records: int = 0  # records committed in this pass
+    batches: int = 0
+    created_run: bool = False
+    pending_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # corrupt lines passed over with --skip-corrupt
+
+
+@dataclass
+class PassReport:
+    journals: list[JournalReport] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def records(self) -> int:
+        return sum(j.records for j in self.journals)
+
+    @property
+    def runs_created(self) -> int:
+        return sum(j.created_run for j in self.journals)
+
+    @property
+    def failed(self) -> list[JournalReport]:
+        return [j for j in self.journals if j.state == "error" or j.errors]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def read_header(path: Path) -> Header | None:
+    """The journal's first record as a :class:`Header`; None while it is not complete yet."""
+    first = JournalReader(path).first_record()
+    if first is None:
+        return None
+    if first["type"] not in ("run_start", "run_attach"):
+        raise CorruptRecordError(f"first record is {first['type']!r}, not run_start/run_attach",
+                                 path=path, line=1, offset=0)
+    return Header(path=path, kind=first["type"], run_id=first["run_id"], journal_id=first["journal_id"],
+                  experiment=first.get("experiment"), run_name=first.get("run_name"),
+                  parent_run_id=first.get("parent_run_id"), tags=first.get("tags") or {}, ts=first["ts"])
+
+
+def order_headers(headers: list[Header]) -> list[Header]:
+    """Parents before children; a run's own journal before its attached segments. Stable otherwise."""
+    owners = {h.run_id: h for h in headers if h.kind == "run_start"}
+    done: set[int] = set()
+    out: list[Header] = []
+
+    def visit(h: Header, depth: int = 0) -> None:
+        if id(h) in done or depth > 1000:
+            return
+        if h.kind == "run_start" and h.parent_run_id in owners:
+            visit(owners[h.parent_run_id], depth + 1)
+        if h.kind == "run_attach" and h.run_id in owners:
+            visit(owners[h.run_id], depth + 1)
+        done.add(id(h))
+        out.append(h)
+
+    for h in sorted(headers, key=lambda h: (h.kind != "run_start", h.ts)):
+        visit(h)
+    return out
+
+
+class Replayer:
+    """Replays journals into one sink. Keeps the producer-run -> MLflow-run map of this process."""
+
+    def __init__(self, sink: Sink, *, limits: Limits = Limits(), skip_corrupt: bool = False,
+                 dry_run: bool = False, on_progress: Callable[[int], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.sink = sink
+        self.limits = limits
+        self.skip_corrupt = skip_corrupt
+        self.dry_run = dry_run
+        self.on_progress = on_progress
+        self.clock = clock
+        self.run_map: dict[str, str] = {}  # producer run id -> MLflow run id
+        self._params: dict[str, dict[str, str]] = {}  # MLflow run id -> params known to be stored
+
+    # -- one pass -------------------------------------------------------------------
+
+    def ingest(self, paths: Iterable[Path]) -> PassReport:
+        started = self.clock()
+        report = PassReport()
+        headers: list[Header] = []
+        for path in paths:
+            try:
+                header = read_header(path)
+            except (CorruptRecordError, UnsupportedVersionError, KeyError) as exc:
+                jr = JournalReport(path=path, state="error", errors=[_describe(exc, path)])
+                report.journals.append(jr)
+                continue
+            except FileNotFoundError:
+                continue  # vanished between discovery and reading (a moved run dir)
+            if header is None:
+                report.journals.append(JournalReport(path=path, state="pending",
+                                                     pending_bytes=_size(path)))
+                continue
+            headers.append(header)
+        for header in order_headers(headers):
+            report.journals.append(self.ingest_journal(header))
+        report.elapsed = self.clock() - started
+        return report
+
+    def pending_bytes(self, path: Path, journal_id: str | None) -> int:
+        """Bytes of ``path`` beyond its checkpoint (what an ingest would read)."""
+        cp = self.sink.checkpoints.get(journal_id) if journal_id else None
+        return max(0, _size(path) - (cp.position.offset if cp else 0))
+
+    # -- one journal ----------------------------------------------------------------
+
+    def _resolve_run(self, header: Header, cp: Checkpoint | None, jr: JournalReport) -> str | None:
+        if cp is not None and cp.mlflow_run_id:
+            self.run_map[header.run_id] = cp.mlflow_run_id
+            return cp.mlflow_run_id
+        known = self.run_map.get(header.run_id)
+        if known:
+            return known
+        if header.kind == "run_attach":
+            info = self.sink.find_run(header.run_id)
+            if info is None:
+                jr.state = "waiting"
+                jr.warnings.append(f"waiting for run {header.run_id}: its owning journal is not ingested yet")
+                return None
+            self.run_map[header.run_id] = info.mlflow_run_id
+            return info.mlflow_run_id
+        experiment_id = self.sink.experiment_id(header.experiment or "Default")
+        info = self.sink.find_run(header.run_id, experiment_id)
+        if info is None:
+            tags = dict(header.tags)
+            if header.parent_run_id:
+                parent = self.run_map.get(header.parent_run_id)
+                if parent is None:
+                    found = self.sink.find_run(header.parent_run_id)
+                    parent = found.mlflow_run_id if found else None
+                if parent is None:
+                    jr.state = "waiting"
+                    jr.warnings.append(f"waiting for parent run {header.parent_run_id}")
+                    return None
+                self.run_map[header.parent_run_id] = parent
+                tags[TAG_PARENT] = parent
+            info = self.sink.create_run(experiment_id=experiment_id, run_id=header.run_id,
+                                        run_name=header.run_name, start_time=header.ts, tags=tags)
+            jr.created_run = True
+        self.run_map[header.run_id] = info.mlflow_run_id
+        return info.mlflow_run_id
+
+    def _filter_params(self, mlflow_run_id: str, batch: Batch, jr: JournalReport) -> None:
+        """Same value again: drop (no-op). Different value: drop and report the conflict."""
+        if not batch.params and not batch.conflicts:
+            return
+        known = self._params.get(mlflow_run_id)
+        if known is None:
+            known = self._params[mlflow_run_id] = self.sink.existing_params(mlflow_run_id)
+        for key, value in list(batch.params.items()):
+            old = known.get(key)
+            if old is None:
+                continue
+            del batch.params[key]
+            if old != value:
+                jr.errors.append(f"param conflict: {key!r} is {old!r} in MLflow; the journal's {value!r} "
+                                 "was not applied (a param has one value per run)")
+        for key, kept, refused in batch.conflicts:
+            jr.errors.append(f"param conflict: {key!r} logged as {kept!r} and later {refused!r}; kept the first")
+
+    def ingest_journal(self, header: Header) -> JournalReport:
+        path = header.path
+        jr = JournalReport(path=path, journal_id=header.journal_id, run_id=header.run_id)
+        cp = self.sink.checkpoints.get(header.journal_id)
+        base = cp or Checkpoint(journal_id=header.journal_id, path=str(path), run_id=header.run_id)
+        if cp is not None and cp.ended and cp.position.offset >= _size(path):
+            jr.state, jr.mlflow_run_id = "up-to-date", cp.mlflow_run_id
+            if cp.mlflow_run_id:
+                self.run_map[header.run_id] = cp.mlflow_run_id
+            return jr
+        if self.dry_run:
+            return self._dry_run(header, cp, jr)
+        try:
+            mlflow_run_id = self._resolve_run(header, cp, jr)
+        except StoreRejectedError as exc:
+            return self._fail(jr, base, f"{path}: {exc}")
+        if mlflow_run_id is None:
+            return jr
+        jr.mlflow_run_id = mlflow_run_id
+        base = replace(base, path=str(path), mlflow_run_id=mlflow_run_id)
+        reader = JournalReader(path)
+        builder = BatchBuilder(self.limits)
+        position = base.position
+
+        def commit(batch: Batch) -> None:
+            nonlocal base, position
+            self._filter_params(mlflow_run_id, batch, jr)
+            if batch.position is None:
+                return
+            new = base.advanced(batch.position, batch.records, ended=batch.closes_journal,
+                                mlflow_run_id=mlflow_run_id, now_ms=int(self.clock() * 1000))
+            try:
+                self.sink.commit(mlflow_run_id, batch, new)
+            except StoreRejectedError as exc:
+                raise _Rejected(f"{path}: records {position.seq}..{batch.position.seq - 1} "
+                                f"(lines {position.line}..{batch.position.line - 1}): {exc}") from None
+            self._params.setdefault(mlflow_run_id, {}).update(batch.params)
+            if self.on_progress:
+                self.on_progress(batch.position.offset - position.offset)
+            base, position = new, batch.position
+            jr.records += batch.records
+            jr.batches += 1
+
+        try:
+            for entry in reader.entries(base.position, skip_corrupt=self.skip_corrupt,
+                                        on_skip=lambda e: jr.skipped.append(str(e))):
+                for batch in builder.add(entry.record, entry.end):
+                    commit(batch)
+            tail = builder.flush()
+            if tail is not None:
+                commit(tail)
+        except (CorruptRecordError, UnsupportedVersionError) as exc:
+            tail = builder.flush()
+            try:
+                if tail is not None:
+                    commit(tail)
+            except _Rejected as rejected:
+                return self._fail(jr, base, str(rejected))
+            return self._fail(jr, base, _describe(exc, path))
+        except _Rejected as rejected:
+            return self._fail(jr, base, str(rejected))
+        jr.pending_bytes = reader.pending_bytes
+        if jr.skipped:
+            jr.warnings.extend(f"skipped corrupt line (--skip-corrupt): {s}" for s in jr.skipped)
+        jr.state = "ingested" if jr.records else ("up-to-date" if not jr.pending_bytes else "pending")
+        return jr
+
+    def _fail(self, jr: JournalReport, base: Checkpoint, message: str) -> JournalReport:
+        jr.state = "error"
+        jr.errors.append(message)
+        self.sink.checkpoints.record_error(base.journal_id, base.path, base.run_id, message)
+        return jr
+
+    def _dry_run(self, header: Header, cp: Checkpoint | None, jr: JournalReport) -> JournalReport:
+        start = cp.position if cp else ReadPosition()
+        builder = BatchBuilder(self.limits)
+        reader = JournalReader(header.path)
+        try:
+            for entry in reader.entries(start, skip_corrupt=self.skip_corrupt):
+                jr.batches += len(builder.add(entry.record, entry.end))
+                jr.records += 1
+            jr.batches += builder.flush() is not None
+        except (CorruptRecordError, UnsupportedVersionError) as exc:
+            jr.errors.append(_describe(exc, header.path))
+            jr.state = "error"
+            return jr
+        jr.pending_bytes = reader.pending_bytes
+        jr.created_run = cp is None or not cp.mlflow_run_id
+        jr.state = "ingested" if jr.records else "up-to-date"
+        return jr
+
+
+class _Rejected(Exception):
+    pass
+
+
+def _describe(exc: BaseException, path: Path) -> str:
+    text = str(exc)
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
