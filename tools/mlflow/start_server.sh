@@ -30,8 +30,8 @@
 # script turns them off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise. Either way,
 # stop the server with Ctrl-C or by signalling its process group (kill -TERM -- -PGID).
 #
-# Exit codes: 2 bad configuration (mlflow not found, bad PORT, missing env file,
-# unknown option); 3 the port is already in use (a free port is suggested);
+# Exit codes: 2 bad configuration (mlflow not found, bad PORT or MLFLOW_WORKERS, missing
+# or malformed env file, HOST that cannot be bound); 3 the port is already in use (a free port is suggested);
 # otherwise whatever `mlflow server` returns (the script execs it, so signals reach it).
 set -euo pipefail
 
@@ -83,11 +83,6 @@ done
 [[ "$dry_run" == "0" || -z "$dry_run" ]] && dry_run=0 || dry_run=1
 
 # ---- settings: environment first, then setup.env --------------------------------------------
-settings=(HOST PORT MLFLOW_WORKERS MLFLOW_BACKEND_STORE_URI MLFLOW_ARTIFACTS_DESTINATION
-          MLFLOW_S3_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY MLFLOW_BIN EXTRA_ARGS
-          MLFLOW_TRACKING_URI POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB MINIO_ROOT_USER
-          MINIO_ROOT_PASSWORD MLFLOW_BUCKET MLFLOW_SERVER_ENABLE_JOB_EXECUTION)
-
 env_file="${FF_SETUP_ENV:-}"
 if [[ -n "$env_file" && ! -f "$env_file" ]]; then
     die 2 "FF_SETUP_ENV names ${env_file}, which does not exist"
@@ -95,19 +90,37 @@ fi
 if [[ -z "$env_file" && -f "${script_dir}/setup.env" ]]; then
     env_file="${script_dir}/setup.env"
 fi
+# setup.env is read as data, never sourced: KEY=value lines (an optional `export ` prefix, optional
+# single or double quotes around the value, `#` comments, ` #` inline comments on unquoted values),
+# the same subset that `docker compose --env-file` reads. No ${VAR} expansion.
 if [[ -n "$env_file" ]]; then
-    declare -A preset=()
-    for name in "${settings[@]}"; do
-        if [[ -n "${!name+x}" ]]; then preset[$name]="${!name}"; fi
-    done
-    set -a
-    # shellcheck disable=SC1090
-    source "$env_file"
-    set +a
-    for name in "${!preset[@]}"; do
-        printf -v "$name" '%s' "${preset[$name]}"
-        export "${name?}"
-    done
+    declare -A preset=()  # names in the environment the script was started with: they win
+    while IFS= read -r name; do preset[$name]=1; done < <(compgen -e)
+    lineno=0
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        lineno=$((lineno + 1))
+        line="${line%$'\r'}"
+        if [[ "$line" =~ ^[[:space:]]*(#|$) ]]; then continue; fi
+        if ! [[ "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([[:upper:]_][[:upper:][:digit:]_]*)=(.*)$ ]]; then
+            die 2 "${env_file}:${lineno}: expected KEY=value with an upper-case KEY"
+        fi
+        name="${BASH_REMATCH[2]}"
+        value="${BASH_REMATCH[3]}"
+        case "$name" in
+            PATH | HOME | IFS | ENV | SHELL | SHELLOPTS | BASHOPTS | PS4 | CDPATH | GLOBIGNORE | BASH_* | LD_*)
+                die 2 "${env_file}:${lineno}: ${name} cannot be set from this file (use MLFLOW_BIN for mlflow's path)" ;;
+        esac
+        if [[ "$value" =~ ^\"([^\"]*)\"[[:space:]]*$ || "$value" =~ ^\'([^\']*)\'[[:space:]]*$ ]]; then
+            value="${BASH_REMATCH[1]}"
+        else
+            value="${value%%[[:space:]]#*}"
+            value="${value%"${value##*[![:space:]]}"}"
+        fi
+        if [[ -z "${preset[$name]+x}" ]]; then  # a later line overrides an earlier one
+            printf -v "$name" '%s' "$value"
+            export "${name?}"
+        fi
+    done <"$env_file"
     say "settings from ${env_file} (the environment wins where both set a variable)"
 fi
 
@@ -240,7 +253,7 @@ for word in "${cmd[@]}"; do printed+=("$(mask_uri "$word")"); done
 say "command: MLFLOW_BACKEND_STORE_URI=$(mask_uri "$backend")" \
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION} ${printed[*]}"
 if [[ "$host" != 127.* && "$host" != localhost && "$host" != "::1" ]]; then
-    say "note: clients reaching this server by a public name need --allowed-hosts (mlflow >= 3.5 checks the Host header)"
+    say "note: clients reaching this server by a public name need --allowed-hosts (mlflow 3.x checks the Host header)"
 fi
 echo "export MLFLOW_TRACKING_URI=http://${client_host}:${port}"
 

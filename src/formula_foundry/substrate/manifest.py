@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import os
 import platform as _platform
 import re
@@ -279,6 +278,8 @@ def environment_fingerprint() -> str:
     normalised as in PEP 503 (lower case, runs of ``-_.`` become ``-``) and deduplicated.
     """
     distributions = set()
+    import importlib.metadata  # deferred: costs ~50 ms, needed only for the fingerprint
+
     for dist in importlib.metadata.distributions():
         name, version = dist.metadata.get("Name"), dist.metadata.get("Version")
         if not name:  # a broken install without metadata

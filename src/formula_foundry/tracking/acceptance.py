@@ -288,6 +288,16 @@ def _mentions(node: ast.AST, name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node))
 
 
+def _syntax_where(exc: SyntaxError, text: str) -> str:
+    if exc.offset is None:
+        return ""
+    lines = text.splitlines() or [""]
+    line = exc.lineno or 1
+    if exc.offset <= 0 or line > len(lines) or exc.offset > len(lines[line - 1]):
+        return " at the end"
+    return f" at col {exc.offset}" if len(lines) == 1 else f" at line {line} col {exc.offset}"
+
+
 def parse_expression(source: str) -> TargetExpression:
     """Parse and check a target expression against the allow-list (see the module docstring).
 
@@ -301,11 +311,15 @@ def parse_expression(source: str) -> TargetExpression:
     if len(text) > MAX_EXPRESSION_LENGTH:
         raise AcceptanceError(
             f"target expression is {len(text)} characters long, more than {MAX_EXPRESSION_LENGTH}")
+    if not text.isascii():
+        col = next(i for i, ch in enumerate(text) if not ch.isascii()) + 1
+        raise AcceptanceError(f"non-ASCII character at col {col} in expression {text!r} "
+                              "(metric names are ASCII identifiers)")
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
-        col = f" at col {exc.offset}" if exc.offset else ""
-        raise AcceptanceError(f"expression {text!r} does not parse{col}: {exc.msg}") from None
+        where = _syntax_where(exc, text)
+        raise AcceptanceError(f"expression {text!r} does not parse{where}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise AcceptanceError(f"expression {text!r} does not parse: {exc}") from None
     # Count iteratively (ast.walk uses a queue) before the recursive check, which bounds its depth.
@@ -322,7 +336,7 @@ def parse_expression(source: str) -> TargetExpression:
 
 
 def _is_nan(value: object) -> bool:
-    return isinstance(value, float) and value != value
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _compare(op: ast.cmpop, left: float, right: float) -> bool:
@@ -358,7 +372,7 @@ def _eval(node: ast.expr, metrics: Mapping[str, float]) -> float | bool:
         return -operand if isinstance(node.op, ast.USub) else +operand
     if isinstance(node, ast.Compare):
         left = _eval(node.left, metrics)
-        for op, comparator in zip(node.ops, node.comparators):
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = _eval(comparator, metrics)
             if not _compare(op, left, right):
                 return False
@@ -511,7 +525,7 @@ def evaluate(criterion: Criterion, metrics: Mapping[str, float], *, run_id: str 
 class Registry:
     """Acceptance criteria by task id (read-only mapping), and where they were loaded from."""
 
-    criteria: Mapping[str, Criterion]
+    criteria: Mapping[str, Criterion] = field(hash=False)
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -612,7 +626,7 @@ def _read_registry(handle: Iterable[str], path: Path) -> Registry:
         if len(row) != len(header):
             raise AcceptanceError(f"expected {len(header)} fields ({','.join(header)}), got {len(row)}",
                                   path=path, line=line)
-        fields = dict(zip(header, row))
+        fields = dict(zip(header, row, strict=True))
         criterion = _row_to_criterion(fields, path, line)
         if criterion.task_id in first_line:
             raise AcceptanceError(
@@ -697,7 +711,7 @@ def render_report(evaluations: Iterable[Evaluation]) -> str:
         return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
 
     lines = [fmt(header)]
-    for evaluation, row in zip(items, rows):
+    for evaluation, row in zip(items, rows, strict=True):
         lines.append(fmt(row))
         if evaluation.status != "PASS":
             lines.append(f"    reason: {_one_line(evaluation.reason)}")

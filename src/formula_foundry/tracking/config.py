@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from formula_foundry.errors import ConfigError
 
 __all__ = [
@@ -257,6 +255,8 @@ def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None
         raise ConfigError("config file not found", path=source) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", path=source) from None
+    import yaml  # deferred: importing the producer API should stay cheap
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

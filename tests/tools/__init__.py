@@ -1,0 +1,1 @@
+"""Tests of the operations tools under tools/ (MLflow server script, compose file)."""
