@@ -3,7 +3,7 @@
 A journal is a sequence of lines; each line is one UTF-8 JSON object ended by
 ``\\n``. The object's last member is a CRC-32 of everything before it::
 
-    {"v":1,"seq":7,"ts":1763913600123,"type":"metric","key":"loss","value":0.25,"step":3,"crc":"1c291ca3"}
+    {"v":1,"seq":7,"ts":1763913600123,"type":"metric","key":"loss","value":0.25,"step":3,"crc":"5a6f1fc8"}
 
 ``crc`` is ``zlib.crc32`` (8 lowercase hex digits) of the line's bytes up to,
 not including, ``,"crc":"`` — with the closing ``}`` appended, i.e. of the

@@ -16,6 +16,9 @@ Writer guarantees
       last whole line, so the next append is never glued onto a fragment. If
       even that fails, the next append starts with ``\\n`` so the fragment
       reads as one corrupt line, never as part of a good one.
+    * An asynchronous exception during an append (``KeyboardInterrupt`` from
+      Ctrl-C) leaves the line either whole and counted, or removed: the next
+      record still gets the next sequence number.
     * Thread-safe: a lock orders sequence numbers and writes.
 
 Reader guarantees
@@ -127,13 +130,19 @@ class JournalWriter:
                           "type": type_, **fields})
             if self._needs_newline:
                 line = b"\n" + line
+            size = self._size + len(line)
             try:
                 self._write_all(line)
             except OSError as exc:
                 self._recover(exc)
                 return -1
+            except BaseException:
+                # KeyboardInterrupt from a signal handler can be raised right after os.write
+                # returned: settle from the file size so the next record gets the right seq.
+                self._settle(seq, size)
+                raise
             self._needs_newline = False
-            self._size += len(line)
+            self._size = size
             self._seq = seq + 1
             if self._fsync_always:
                 os.fsync(self._fd)
@@ -151,6 +160,23 @@ class JournalWriter:
             if written == 0:
                 raise OSError(errno.EIO, "write returned 0 bytes")
             view = view[written:]
+
+    def _settle(self, seq: int, size: int) -> None:
+        """After an asynchronous exception during a write: keep a whole line, drop a fragment."""
+        try:
+            actual = os.fstat(self._fd).st_size
+        except OSError:
+            self._needs_newline = True
+            return
+        if actual == size:  # the whole line landed: it is record ``seq``
+            self._needs_newline = False
+            self._size = size
+            self._seq = seq + 1
+        elif actual != self._size:  # a fragment: cut it off, or fence it off with a newline
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._needs_newline = True
 
     def _recover(self, exc: OSError) -> None:
         """Put the file back at the last whole line, then raise or warn per policy."""

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from formula_foundry.errors import RunStateError, ValidationError
 from formula_foundry.substrate import RunArtifacts, init_run_dir
 from formula_foundry.tracking.config import Config, load_config
@@ -105,6 +107,8 @@ class Run:
                         f"a param has one value per run (got {text!r}). Log a metric or a tag for "
                         "values that change", key=key, rule="param-conflict")
             if not new:
+                if self.status is not None:  # nothing to write, but logging to an ended run is an error
+                    raise RunStateError(f"run {self.run_id} has ended; it takes no more params")
                 return
             if len(new) == 1:
                 ((key, text),) = new.items()
@@ -116,7 +120,7 @@ class Run:
     def log_metric(self, key: str, value: float, step: int | None = None,
                    timestamp: int | None = None) -> None:
         """Log one metric point. NaN and ±inf are kept exactly."""
-        if key not in self._metric_keys:
+        if type(key) is not str or key not in self._metric_keys:  # str first: a list key is unhashable
             self._metric_keys.add(check_key(key, "metric"))
         # Fast path: a finite float (inf - inf and nan - nan are nan, which != 0.0).
         if type(value) is not float or value - value != 0.0:
@@ -256,6 +260,11 @@ def _manifest_parts(manifest: Any) -> tuple[dict, dict[str, str]]:
     else:
         raise ValidationError(f"manifest must be a substrate Manifest or a mapping, got "
                               f"{type(manifest).__name__}", key="manifest", rule="value-type")
+    try:
+        orjson.dumps(data)
+    except TypeError as exc:
+        raise ValidationError(f"manifest is not JSON-serialisable: {exc}", key="manifest",
+                              rule="value-type") from None
     return data, {k: tag_value(k, v) for k, v in tags.items()}
 
 
@@ -265,6 +274,7 @@ class Tracker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._stack: list[Run] = []
+        self._attached: list[Run] = []  # open segments (attach_run): ended at exit too
         self._lock = threading.Lock()
 
     @property
@@ -285,11 +295,13 @@ class Tracker:
         """
         if not self.enabled:
             return NoopRun(run_name)
-        if run_name is not None and (not isinstance(run_name, str) or len(run_name) > _MAX_RUN_NAME):
+        if run_name is not None and (not isinstance(run_name, str) or len(run_name) > _MAX_RUN_NAME
+                                     or not _is_text(run_name)):
             raise ValidationError(f"run_name must be a string of at most {_MAX_RUN_NAME} characters, got "
                                   f"{run_name!r:.80}", key="run_name", rule="run-name")
         experiment = experiment_name or self.config.tracking.default_experiment
-        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500:
+        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500 \
+                or not _is_text(experiment):
             raise ValidationError(f"experiment_name must be a non-empty string of at most 500 characters, "
                                   f"got {experiment!r:.80}", key="experiment_name", rule="experiment-name")
         parent = self.active_run()
@@ -311,6 +323,12 @@ class Tracker:
                 all_tags["mlflow.source.git.commit"] = mtags["git_sha"]
         else:
             manifest_data = None
+        # Validate every caller-supplied tag before anything is created on disk.
+        extra_tags: dict[str, str] = {}
+        if description:
+            extra_tags["mlflow.note.content"] = tag_value("mlflow.note.content", description)
+        for key, value in (tags or {}).items():
+            extra_tags[check_key(key, "tag")] = tag_value(key, value)
         run_id = uuid.uuid4().hex
         if run_artifacts is not None:
             run_dir = Path(run_artifacts.run_dir)
@@ -322,10 +340,7 @@ class Tracker:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             run_dir = Path(init_run_dir(self.config.journal.root,
                                         f"{stamp}-{_slug(run_name or 'run')}-{run_id[:8]}").run_dir)
-        if description:
-            all_tags["mlflow.note.content"] = description
-        for key, value in (tags or {}).items():
-            all_tags[check_key(key, "tag")] = tag_value(key, value)
+        all_tags.update(extra_tags)
         all_tags[TAG_RUN_ID] = run_id
 
         run = Run(self, run_id=run_id, run_name=run_name, experiment_name=experiment, run_dir=run_dir,
@@ -365,6 +380,8 @@ class Tracker:
                   owner=False)
         run._append("run_attach", {"run_id": run_id, "journal_id": run.journal_id,
                                    "host": socket.gethostname(), "pid": os.getpid()})
+        with self._lock:
+            self._attached.append(run)
         return run
 
     def _find_run_dir(self, run_id: str) -> Path:
@@ -378,16 +395,29 @@ class Tracker:
         with self._lock:
             if run in self._stack:
                 self._stack.remove(run)
+            if run in self._attached:
+                self._attached.remove(run)
 
     def end_all(self, status: str = "FINISHED") -> None:
         """End every run still open (called at interpreter exit, as MLflow does)."""
         with self._lock:
-            open_runs = list(reversed(self._stack))
+            open_runs = list(reversed(self._stack)) + list(self._attached)
         for run in open_runs:
             try:
                 run.end(status)
             except Exception:  # noqa: BLE001 - best effort at exit; the journal stays valid
                 pass
+
+
+def _is_text(text: str) -> bool:
+    """True if ``text`` encodes to UTF-8 (no lone surrogates), as the journal and MLflow need."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _user() -> str:

@@ -74,6 +74,13 @@ def check_key(key: object, kind: str) -> str:
 
 def _stringify(key: str, value: object, kind: str) -> str:
     if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: not representable in the journal or in MLflow
+            raise ValidationError(f"{kind} {key!r}: value is not valid Unicode text (lone surrogate)",
+                                  key=key, rule="value-type") from None
         return value
     if value is None or isinstance(value, (bool, numbers.Number)):
         return str(value)
