@@ -100,9 +100,9 @@ def test_special_floats_round_trip_exactly(in_project: Path):
 
 
 def test_awkward_strings_round_trip_exactly(in_project: Path):
-    """Unicode (astral, combining, RTL), newlines, quotes, backslashes and NUL come back unchanged."""
+    """Unicode (astral, combining, RTL), newlines, quotes, backslashes and controls come back unchanged."""
     texts = ["日本語 🚀 é\u0301 \u05e9\u05dc\u05d5\u05dd", "line1\nline2\r\n\tend", 'say "hi" \\ \'q\'',
-             "nul\x00inside", "\x7f\x1b[0m", '{"v":2}', ',"crc":"00000000"}', ""]
+             "\x01\x1f", "\x7f\x1b[0m", '{"v":2}', ',"crc":"00000000"}', ""]
     with get_tracker().start_run(run_name="strings 日本 \"q\"\n") as run:
         for i, text in enumerate(texts):
             run.set_tag(f"t{i}", text)

@@ -230,3 +230,16 @@ def test_limits_match_mlflow():
     assert v.MAX_TAG_VALUE_LENGTH == mv.MAX_TAG_VAL_LENGTH
     assert v.MAX_BATCH_METRICS == mv.MAX_METRICS_PER_BATCH
     assert v.MAX_BATCH_PARAMS_TAGS == mv.MAX_PARAMS_TAGS_PER_BATCH
+
+
+def test_nul_in_a_value_is_refused(in_project):
+    """A NUL character in a param or tag value: PostgreSQL cannot store it, so the call fails."""
+    from formula_foundry.errors import ValidationError
+    from formula_foundry.tracking import get_tracker
+
+    with get_tracker().start_run(run_name="nul") as run:
+        with pytest.raises(ValidationError) as err:
+            run.log_param("p", "a\x00b")
+        assert err.value.rule == "value-type" and err.value.key == "p"
+        with pytest.raises(ValidationError):
+            run.set_tag("t", "\x00")

@@ -74,6 +74,9 @@ def check_key(key: object, kind: str) -> str:
 
 def _stringify(key: str, value: object, kind: str) -> str:
     if isinstance(value, str):
+        if "\x00" in value:  # PostgreSQL text columns refuse NUL: the store would reject it
+            raise ValidationError(f"{kind} {key!r}: value contains a NUL character, which SQL stores "
+                                  "(PostgreSQL) cannot hold", key=key, rule="value-type")
         if value.isascii():
             return value
         try:
