@@ -516,3 +516,18 @@ def test_workflow_doc_snippets_run(in_project: Path, capsys):
     assert get_tracker().active_run() is None
     kinds = sorted(_records(p)[0]["type"] for p in in_project.glob("data/runs/*/tracking/*.jsonl"))
     assert kinds.count("run_attach") == 1 and kinds.count("run_start") == len(kinds) - 1
+
+
+def test_nested_run_inherits_parent_experiment(in_project):
+    """A child started with nested=True and no experiment_name lands in its parent's experiment."""
+    from formula_foundry.tracking.journal import JournalReader
+
+    tracker = get_tracker()
+    with tracker.start_run(run_name="p", experiment_name="ff-m3-pipeline") as parent:
+        with tracker.start_run(run_name="c", nested=True) as child:
+            pass
+        with tracker.start_run(run_name="c2", nested=True, experiment_name="ff-m2-simulation") as other:
+            pass
+    assert parent.experiment_name == child.experiment_name == "ff-m3-pipeline"
+    assert JournalReader(child.journal_path).first_record()["experiment"] == "ff-m3-pipeline"
+    assert other.experiment_name == "ff-m2-simulation"

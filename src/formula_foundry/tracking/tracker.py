@@ -299,17 +299,19 @@ class Tracker:
                                      or not _is_text(run_name)):
             raise ValidationError(f"run_name must be a string of at most {_MAX_RUN_NAME} characters, got "
                                   f"{run_name!r:.80}", key="run_name", rule="run-name")
-        experiment = experiment_name or self.config.tracking.default_experiment
-        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500 \
-                or not _is_text(experiment):
-            raise ValidationError(f"experiment_name must be a non-empty string of at most 500 characters, "
-                                  f"got {experiment!r:.80}", key="experiment_name", rule="experiment-name")
         parent = self.active_run()
         if parent is not None and not nested:
             raise RunStateError(f"run {parent.run_id} ({parent.run_name!r}) is already active; end it first "
                                 "or pass nested=True to start a child run")
         if not nested:
             parent = None
+        # A child run lives in its parent's experiment unless told otherwise (as in MLflow).
+        inherited = parent.experiment_name if parent is not None else None
+        experiment = experiment_name or inherited or self.config.tracking.default_experiment
+        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500 \
+                or not _is_text(experiment):
+            raise ValidationError(f"experiment_name must be a non-empty string of at most 500 characters, "
+                                  f"got {experiment!r:.80}", key="experiment_name", rule="experiment-name")
 
         all_tags: dict[str, str] = {
             "mlflow.user": _user(),

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from formula_foundry.tracking.ingest.sink import Checkpoint
 from formula_foundry.tracking.journal import ReadPosition
 
-__all__ = ["SqliteCheckpoints", "redact_uri", "store_key"]
+__all__ = ["SqliteCheckpoints", "read_checkpoints", "redact_uri", "store_key"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journals (
@@ -60,7 +60,9 @@ def store_key(uri: str) -> str:
     parts = urlsplit(uri)
     label = parts.hostname or Path(parts.path).name or parts.scheme
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{parts.scheme}-{label}")[:40]
-    bare = parts._replace(netloc=parts.hostname or "" if parts.password else parts.netloc).geturl()
+    # Without the password, but with the port: two servers on one host are two stores.
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    bare = parts._replace(netloc=host if parts.password else parts.netloc).geturl()
     return f"{label}-{hashlib.sha256(bare.encode()).hexdigest()[:10]}"
 
 
@@ -118,3 +120,21 @@ class SqliteCheckpoints:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def read_checkpoints(folder: Path) -> list[Checkpoint]:
+    """The checkpoints in ``folder``, read without creating or changing anything (for ``--dry-run``)."""
+    path = folder / "checkpoints.sqlite"
+    if not path.is_file():
+        return []
+    # Without a -wal file every change is in the main file, which a writer (in WAL mode) only touches
+    # at a checkpoint: read it as immutable, which creates no -shm file. Otherwise read through the WAL.
+    wal = path.with_name(path.name + "-wal").exists()
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}", uri=True, timeout=30)
+    try:
+        db.row_factory = sqlite3.Row
+        return [_row_to_checkpoint(r) for r in db.execute("SELECT * FROM journals").fetchall()]
+    except sqlite3.OperationalError:  # no table yet
+        return []
+    finally:
+        db.close()

@@ -127,16 +127,18 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
               dry_run: bool = False, skip_corrupt: bool = False, as_json: bool = False,
               quiet: bool = False) -> int:
     from formula_foundry.tracking.ingest.connect import IngesterLock, open_sink, state_dir
+    from formula_foundry.tracking.ingest.checkpoints import redact_uri
     from formula_foundry.tracking.ingest.discover import discover
     from formula_foundry.tracking.ingest.replay import Replayer
 
     uri = tracking_uri or cfg.tracking.backend_store_uri
     journals = discover(cfg.journal_roots if not paths else (), paths)
-    lock = IngesterLock(state_dir(cfg, uri), what=uri) if not dry_run else None
+    lock = IngesterLock(state_dir(cfg, uri), what=redact_uri(uri)) if not dry_run else None
     if lock is not None:
         lock.acquire()
     try:
-        store = open_sink(cfg, tracking_uri=uri, sink=sink)
+        # A dry run reads checkpoints only: it opens (and so creates) neither the store nor any state.
+        store = _DryRunStore(cfg, uri, sink) if dry_run else open_sink(cfg, tracking_uri=uri, sink=sink)
         try:
             bar = None
             replayer = Replayer(store, skip_corrupt=skip_corrupt, dry_run=dry_run)
@@ -161,6 +163,39 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
     return EXIT_OK if report.ok else EXIT_JOURNAL_ERRORS
 
 
+class _DryRunStore:
+    """What ``--dry-run`` replays against: a snapshot of the checkpoints, no store at all."""
+
+    def __init__(self, cfg: Config, uri: str, sink: str | None) -> None:
+        from dataclasses import replace
+
+        from formula_foundry.tracking.ingest.checkpoints import read_checkpoints, redact_uri
+        from formula_foundry.tracking.ingest.connect import state_dir
+        from formula_foundry.tracking.ingest.sink import MemoryCheckpoints
+
+        self.kind = sink or cfg.ingest.sink
+        self.display_uri = redact_uri(uri)
+        found = read_checkpoints(state_dir(cfg, uri))  # the API sink's file
+        if self.kind != "api":  # the bulk sink keeps its own in the store's database
+            try:
+                from formula_foundry.tracking.ingest.bulk_sink import open_bulk_checkpoints
+
+                bulk = open_bulk_checkpoints(replace(cfg, ingest=replace(cfg.ingest, sink=self.kind)), uri, None)
+                if bulk is not None:
+                    found += bulk.all()
+                    bulk.engine.dispose()
+            except ImportError:
+                pass
+        self.checkpoints = MemoryCheckpoints()
+        for checkpoint in found:  # per journal, the one that got furthest
+            old = self.checkpoints.get(checkpoint.journal_id)
+            if old is None or (checkpoint.position.offset, checkpoint.ended) > (old.position.offset, old.ended):
+                self.checkpoints.put(checkpoint)
+
+    def close(self) -> None:
+        pass
+
+
 def _journal_id(path: Path) -> str | None:
     parts = path.name.split(".")
     return parts[1] if len(parts) == 3 else None
@@ -173,7 +208,8 @@ def _print_summary(report, *, journals: int, uri: str, as_json: bool, quiet: boo
     if as_json:
         click.echo(json.dumps({
             "store": uri, "sink": sink_kind, "dry_run": dry_run, "journals": journals, "records": report.records,
-            "runs_created": report.runs_created, "elapsed_s": round(report.elapsed, 3),
+            "runs_created": report.runs_created, "runs_updated": report.runs_updated,
+            "elapsed_s": round(report.elapsed, 3),
             "records_per_s": round(rate, 1), "errors": len(report.failed), "pending": len(pending),
             "details": [{"path": str(j.path), "state": j.state, "run_id": j.run_id,
                          "mlflow_run_id": j.mlflow_run_id, "records": j.records, "batches": j.batches,
@@ -190,7 +226,8 @@ def _print_summary(report, *, journals: int, uri: str, as_json: bool, quiet: boo
         return
     verb = "would ingest" if dry_run else "ingested"
     click.echo(f"{verb} {report.records} records from {journals} journals into {uri} ({sink_kind} sink): "
-               f"{report.runs_created} runs {'to create' if dry_run else 'created'}, {len(report.failed)} with "
+               f"{report.runs_created} runs {'to create' if dry_run else 'created'}, {report.runs_updated} "
+               f"updated, {len(report.failed)} with "
                f"errors, {len(pending)} pending; {report.elapsed:.2f} s, {rate:,.0f} records/s")
 
 

@@ -11,6 +11,16 @@ of :mod:`.sink`; here is how each part of a commit meets it:
 * tags and the end status overwrite; artifact files are rewritten with the
   same bytes;
 * the checkpoint is written after all of the above returned.
+
+Credentials come only from the environment (a password inside the tracking
+URI, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, ``AWS_*``). No message
+this module raises carries them: :func:`scrub` masks the URI's password and the
+MLflow credential variables, and MLflow's "View run at <url>" lines (printed to
+stdout by the REST client, URL credentials included) are switched off.
+
+Opening a sink probes the store once with a short timeout
+(:func:`probe_store`), so a stopped server or database is a prompt
+:class:`StoreUnavailableError` instead of MLflow's minutes of retries.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from formula_foundry.errors import StoreRejectedError, StoreUnavailableError
 from formula_foundry.tracking.config import sqlite_path_of
@@ -33,7 +44,7 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-__all__ = ["MlflowSink", "classify"]
+__all__ = ["MlflowSink", "classify", "probe_store", "scrub"]
 
 log = logging.getLogger("formula_foundry.ingest")
 
@@ -54,6 +65,63 @@ def classify(exc: BaseException) -> Exception:
     return StoreRejectedError(text[:1000])
 
 
+def scrub(text: str, tracking_uri: str | None = None) -> str:
+    """``text`` with the URI's password and MLflow's credential variables replaced by ``***``."""
+    secrets: list[str] = []
+    if tracking_uri:
+        try:
+            password = urlsplit(tracking_uri).password
+        except ValueError:
+            password = None
+        if password:
+            secrets += [password, unquote(password)]
+    for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            secrets.append(value)
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def probe_store(tracking_uri: str, *, timeout: float = 10.0) -> str:
+    """Check once, quickly, that a server or database answers; returns a short description.
+
+    HTTP(S): ``GET /health`` without retries. SQL (not SQLite, a local file): connect and
+    ``SELECT 1`` with a connect timeout. Raises :class:`StoreUnavailableError` (credentials
+    scrubbed) when it does not answer; other URIs are not probed.
+    """
+    try:
+        if tracking_uri.startswith(("http://", "https://")):
+            from mlflow.utils.credentials import get_default_host_creds
+            from mlflow.utils.rest_utils import http_request
+
+            response = http_request(get_default_host_creds(tracking_uri), "/health", "GET", max_retries=0,
+                                    backoff_factor=0, timeout=timeout, raise_on_status=False)
+            if response.status_code >= 500:
+                raise StoreUnavailableError(f"GET /health answered HTTP {response.status_code}")
+            return f"HTTP {response.status_code} from /health"
+        scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+
+            connect_args = {"connect_timeout": max(1, int(timeout))} if scheme != "mssql" else {}
+            engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args,
+                                              poolclass=sqlalchemy.pool.NullPool)
+            try:
+                with engine.connect() as connection:
+                    connection.execute(sqlalchemy.text("SELECT 1"))
+            finally:
+                engine.dispose()
+            return "SELECT 1 answered"
+        return "not probed"
+    except StoreUnavailableError as exc:
+        raise StoreUnavailableError(scrub(str(exc), tracking_uri)) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is "unavailable", said with its cause
+        text = scrub(f"{type(exc).__name__}: {exc}", tracking_uri)
+        raise StoreUnavailableError(f"{redact_uri(tracking_uri)} does not answer: {text[:500]}") from None
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "experiment"
 
@@ -70,16 +138,22 @@ class MlflowSink:
         self.checkpoints = checkpoints
         self.artifact_root_uri = artifact_root_uri
         self._is_http = tracking_uri.startswith(("http://", "https://"))
+        # The REST client prints "View run <name> at: <url>" to stdout on set_terminated: noise in
+        # --json output, an extra request per run, and the URL carries any password in the URI.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         uri = tracking_uri
         db = sqlite_path_of(tracking_uri)
         if db is not None:
             ensure_sqlite_store(db, artifact_root_uri)
             if "timeout=" not in uri:
                 uri += ("&" if "?" in uri else "?") + f"timeout={sqlite_busy_timeout:g}"
+        else:
+            probe_store(tracking_uri)  # a stopped server: fail now, not after MLflow's retries
         try:
             self.client = MlflowClient(tracking_uri=uri)
-        except MlflowException as exc:
-            raise classify(exc) from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors escape MlflowException too
+            err = classify(exc)
+            raise type(err)(scrub(str(err), tracking_uri)) from None
         self._experiments: dict[str, str] = {}
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -89,7 +163,7 @@ class MlflowSink:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none is swallowed
             err = classify(exc)
-            raise type(err)(f"{what}: {err}") from None
+            raise type(err)(scrub(f"{what}: {err}", self.tracking_uri)) from None
 
     # -- Sink ---------------------------------------------------------------------
 
@@ -106,7 +180,8 @@ class MlflowSink:
                 exp_id = self.client.create_experiment(name, artifact_location=location)
             except MlflowException as exc:
                 if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-                    raise classify(exc) from None
+                    err = classify(exc)
+                    raise type(err)(scrub(str(err), self.tracking_uri)) from None
                 exp_id = self._call("get experiment", self.client.get_experiment_by_name, name).experiment_id
         else:
             if exp.lifecycle_stage == "deleted":
@@ -182,3 +257,4 @@ def quiet_mlflow_logs() -> None:
     for name in ("mlflow", "alembic", "alembic.runtime.migration", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
