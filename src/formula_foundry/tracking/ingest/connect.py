@@ -87,3 +87,28 @@ class IngesterLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def open_checkpoints(config: Config, tracking_uri: str | None = None):
+    """The checkpoint store of one tracking store, opened without touching the store itself.
+
+    For readers such as ``ff-ingest status`` (which must work while the store is
+    down). Today every sink keeps its checkpoints in ``state_dir(config, uri)``;
+    a sink that keeps them elsewhere answers here.
+
+    The bulk sink keeps them in the store's own database (table
+    ``ff_ingest_checkpoints``, merged with any rows of the API sink's file); they
+    are read there when that table exists and the database answers, else from
+    the file.
+    """
+    uri = tracking_uri or config.tracking.backend_store_uri
+    if not uri.startswith(("http://", "https://")):
+        try:
+            from formula_foundry.tracking.ingest import bulk_sink
+        except ImportError:  # no SQLAlchemy (MLflow not installed): only the file can exist
+            bulk_sink = None
+        if bulk_sink is not None:
+            store = bulk_sink.open_bulk_checkpoints(config, uri, state_dir(config, uri))
+            if store is not None:
+                return store
+    return SqliteCheckpoints(state_dir(config, uri))

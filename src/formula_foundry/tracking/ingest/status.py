@@ -1,0 +1,329 @@
+"""``ff-ingest status [--json]``: where every journal stands, from the files and the checkpoints alone.
+
+Never opens the tracking store (it works while the store is down, and without
+MLflow installed): a journal's progress is its checkpoint row (from
+:func:`~.connect.open_checkpoints`), its size and content are the file's.
+
+Per journal: the run (producer id and MLflow id), the experiment (from the
+header; an attached segment takes its owner's), records in the journal
+(complete lines), records ingested, the lag (complete lines and bytes beyond
+the checkpoint), the time since the last append, the state and the last
+error. States, first match wins:
+
+===========  ===================================================================
+``error``    the last ingest stopped at a problem (corrupt line, rejected batch,
+             unreadable header); ``last_error`` says which line and why
+``missing``  a checkpoint names a file that is gone (a moved or deleted run dir)
+``finished`` the journal's end record (run_end / segment_end) is ingested
+``waiting``  an attached segment or child run whose owner/parent run is not
+             ingested yet
+``pending``  complete records not ingested yet (the daemon is behind or not running;
+             includes journals never ingested and a header still being written)
+``stale``    fully ingested, no end record, no append for ``stale_after_seconds``
+             and the producer is not running on this host (it probably died)
+``running``  fully ingested, no end record, appended recently (or its producer runs)
+===========  ===================================================================
+
+Exit code: 0, or 1 when at least one journal is in ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+from formula_foundry.tracking.config import Config
+from formula_foundry.tracking.framing import FrameError, unframe
+from formula_foundry.tracking.ingest.cli import _load, _setup_logging, common
+from formula_foundry.tracking.ingest.sink import Checkpoint
+
+__all__ = ["JournalStatus", "StatusReport", "collect", "status_command"]
+
+STATES = ("error", "missing", "finished", "waiting", "pending", "stale", "running")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JournalStatus:
+    path: str
+    journal_id: str | None
+    kind: str | None  # run_start | run_attach | None (header not readable yet)
+    run_id: str | None
+    mlflow_run_id: str | None
+    experiment: str | None
+    run_name: str | None
+    records: int  # complete lines in the file
+    ingested: int  # records ingested (the checkpoint's count)
+    lag_records: int  # complete lines beyond the checkpoint
+    lag_bytes: int  # bytes beyond the checkpoint (an incomplete last line included)
+    state: str
+    last_error: str | None
+    last_append_ms: int | None  # file mtime
+    idle_s: float | None
+    updated_ms: int | None  # when the checkpoint last moved
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    store: str
+    checkpoints: str
+    daemon_pid: int | None  # pid of the running ingester holding the store's lock, if any
+    stale_after_seconds: float
+    journals: list[JournalStatus] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {state: 0 for state in STATES}
+        for j in self.journals:
+            out[j.state] += 1
+        return out
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "checkpoints": self.checkpoints,
+                "daemon": {"running": self.daemon_pid is not None, "pid": self.daemon_pid},
+                "stale_after_seconds": self.stale_after_seconds, "counts": self.counts(),
+                "lag_records": sum(j.lag_records for j in self.journals),
+                "lag_bytes": sum(j.lag_bytes for j in self.journals),
+                "journals": [asdict(j) for j in self.journals]}
+
+
+# --------------------------------------------------------------------------- reading files
+
+def _header(path: Path) -> tuple[dict | None, str | None]:
+    """The verified first record (or None while incomplete), and an error message if it is bad."""
+    try:
+        with open(path, "rb") as fh:
+            line = fh.readline()
+    except OSError as exc:
+        return None, f"{path}: cannot read: {exc.strerror or exc}"
+    if not line.endswith(b"\n"):
+        return None, None
+    try:
+        record = unframe(line[:-1])
+    except FrameError as exc:
+        return None, f"{path}:1 (byte offset 0): {exc}"
+    if record.get("type") not in ("run_start", "run_attach"):
+        return None, f"{path}:1 (byte offset 0): first record is {record.get('type')!r}, not run_start/run_attach"
+    return record, None
+
+
+def _tail(path: Path, offset: int) -> tuple[int, int]:
+    """(complete lines, bytes) from ``offset`` to the end of the file."""
+    lines = size = 0
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(_CHUNK):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+    return lines, size
+
+
+def _journal_id(path: Path) -> str | None:
+    parts = path.name.split(".")
+    return parts[1] if len(parts) == 3 else None
+
+
+def daemon_pid(folder: Path) -> int | None:
+    """The pid of the ingester holding ``<state dir>/ingester.lock``, or None when nobody holds it.
+
+    Read from ``/proc/locks`` (Linux), so the lock is never touched: taking it,
+    even for an instant, could make a daemon starting at that moment refuse to
+    start. Elsewhere, a shared non-blocking ``flock`` probes it.
+    """
+    lock = folder / "ingester.lock"
+    try:
+        st = lock.stat()
+    except OSError:
+        return None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        table = None
+    if table is not None:
+        # "1: FLOCK  ADVISORY  WRITE 8833 fe:00:2146407 0 EOF" (waiters carry "->" and are skipped)
+        for line in table.splitlines():
+            parts = line.split()
+            if len(parts) >= 6 and parts[1] == "FLOCK" and parts[4].isdigit() and \
+                    parts[5].rsplit(":", 1)[-1] == str(st.st_ino):
+                return int(parts[4])
+        return None
+    import fcntl
+
+    try:
+        with open(lock) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                text = fh.read().strip()
+                return int(text[4:]) if text.startswith("pid ") and text[4:].isdigit() else -1
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- the report
+
+def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None = None) -> StatusReport:
+    """Every journal under the roots and every checkpoint row of the store, with its state."""
+    from formula_foundry.tracking.ingest.checkpoints import redact_uri
+    from formula_foundry.tracking.ingest.connect import open_checkpoints, state_dir
+    from formula_foundry.tracking.ingest.discover import discover
+    from formula_foundry.tracking.ingest.watch import producer_alive
+
+    uri = tracking_uri or cfg.tracking.backend_store_uri
+    now = time.time() if now is None else now
+    store = open_checkpoints(cfg, uri)
+    try:
+        rows = store.all()
+        location = str(getattr(store, "path", state_dir(cfg, uri)))
+    finally:
+        close = getattr(store, "close", None)
+        if close:
+            close()
+    by_id: dict[str, Checkpoint] = {cp.journal_id: cp for cp in rows}
+    paths = discover(cfg.journal_roots)
+    seen = {str(p) for p in paths}
+    extra = [Path(cp.path) for cp in rows if cp.path not in seen]
+    headers: dict[Path, tuple[dict | None, str | None]] = {p: _header(p) for p in [*paths, *extra] if p.exists()}
+    owners = {h["run_id"]: h for h, _ in headers.values() if h and h["type"] == "run_start"}
+    ingested_runs = {cp.run_id for cp in rows if cp.mlflow_run_id}
+    after = cfg.ingest.watch.stale_after_seconds
+
+    out: list[JournalStatus] = []
+    for path in [*paths, *extra]:
+        jid = _journal_id(path)
+        cp = by_id.get(jid) if jid else None
+        if cp is None:
+            cp = next((c for c in rows if c.path == str(path)), None)
+        if not path.exists():
+            out.append(_row(path, cp, None, None, state="missing", records=cp.position.line - 1 if cp else 0,
+                            lag=(0, 0), mtime=None, now=now, owners=owners))
+            continue
+        header, header_error = headers.get(path, (None, None))
+        offset = cp.position.offset if cp else 0
+        try:
+            lag = _tail(path, offset)
+            mtime = path.stat().st_mtime
+        except OSError:
+            out.append(_row(path, cp, header, None, state="missing", records=0, lag=(0, 0), mtime=None,
+                            now=now, owners=owners))
+            continue
+        records = (cp.position.line - 1 if cp else 0) + lag[0]
+        error = (cp.last_error if cp else None) or header_error
+        if error:
+            state = "error"
+        elif cp is not None and cp.ended:
+            state = "finished"
+        elif header is not None and lag[0] and not (cp and cp.mlflow_run_id) and _waits(header, ingested_runs):
+            state = "waiting"
+        elif lag[0] or header is None:
+            state = "pending"
+        elif after > 0 and now - mtime >= after and producer_alive(header) is not True:
+            state = "stale"
+        else:
+            state = "running"
+        out.append(_row(path, cp, header, error, state=state, records=records, lag=lag, mtime=mtime, now=now,
+                        owners=owners))
+    return StatusReport(store=redact_uri(uri), checkpoints=location, daemon_pid=daemon_pid(state_dir(cfg, uri)),
+                        stale_after_seconds=after, journals=out)
+
+
+def _waits(header: dict, ingested_runs: set[str]) -> bool:
+    if header["type"] == "run_attach":
+        return header["run_id"] not in ingested_runs
+    parent = header.get("parent_run_id")
+    return bool(parent) and parent not in ingested_runs
+
+
+def _row(path: Path, cp: Checkpoint | None, header: dict | None, error: str | None, *, state: str, records: int,
+         lag: tuple[int, int], mtime: float | None, now: float, owners: dict[str, dict]) -> JournalStatus:
+    run_id = (header or {}).get("run_id") or (cp.run_id if cp else None)
+    owner = header if header and header["type"] == "run_start" else owners.get(run_id or "")
+    return JournalStatus(
+        path=str(path), journal_id=(header or {}).get("journal_id") or (cp.journal_id if cp else _journal_id(path)),
+        kind=header["type"] if header else None, run_id=run_id, mlflow_run_id=cp.mlflow_run_id if cp else None,
+        experiment=(owner or {}).get("experiment"), run_name=(owner or {}).get("run_name"), records=records,
+        ingested=cp.records if cp else 0, lag_records=lag[0], lag_bytes=lag[1], state=state,
+        last_error=error if state in ("error",) else (cp.last_error if cp else None),
+        last_append_ms=int(mtime * 1000) if mtime is not None else None,
+        idle_s=round(now - mtime, 1) if mtime is not None else None,
+        updated_ms=cp.updated_ms if cp else None)
+
+
+# --------------------------------------------------------------------------- printing
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_table(report: StatusReport, *, root: Path | None = None) -> str:
+    """The human view: one line per journal, errors under their journal, a summary at the end."""
+    head = ("STATE", "RUN", "MLFLOW RUN", "EXPERIMENT", "RECORDS", "INGESTED", "LAG", "IDLE", "JOURNAL")
+    rows = []
+    for j in sorted(report.journals, key=lambda j: (STATES.index(j.state), j.path)):
+        path = j.path
+        if root is not None:
+            try:
+                path = str(Path(j.path).relative_to(root))
+            except ValueError:
+                pass
+        lag = "0" if not j.lag_bytes else f"{j.lag_records} ({_bytes(j.lag_bytes)})"
+        rows.append(((j.state, (j.run_id or "-")[:12], (j.mlflow_run_id or "-")[:12], (j.experiment or "-")[:28],
+                      str(j.records), str(j.ingested), lag, _age(j.idle_s), path), j.last_error))
+    widths = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(head)]
+    right = {4, 5}
+
+    def fmt(cells) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+                         ).rstrip()
+
+    lines = [fmt(head)]
+    for cells, error in rows:
+        lines.append(fmt(cells))
+        if error:
+            lines.append(f"    last error: {error}")
+    counts = {k: v for k, v in report.counts().items() if v}
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no journals"
+    daemon = f"running (pid {report.daemon_pid})" if report.daemon_pid else "not running"
+    lines.append("")
+    lines.append(f"{len(report.journals)} journals: {summary}; lag {sum(j.lag_records for j in report.journals)} "
+                 f"records")
+    lines.append(f"store: {report.store}; daemon: {daemon}; checkpoints: {report.checkpoints}")
+    return "\n".join(lines)
+
+
+@click.command(name="status")
+@common
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def status_command(config_path, tracking_uri, roots, log_level, as_json):
+    """Per-journal progress: run, experiment, records, ingested, lag, state, last error.
+
+    Reads only the journal files and the checkpoints: works while the tracking
+    store is unreachable. Exit code 1 when a journal is in error.
+    """
+    _setup_logging(log_level)
+    cfg = _load(config_path, roots)
+    report = collect(cfg, tracking_uri)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(render_table(report, root=cfg.project_root))
+    return 1 if any(j.state == "error" for j in report.journals) else 0

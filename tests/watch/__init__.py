@@ -1,0 +1,1 @@
+"""Tests of ``ff-ingest --watch`` (the daemon) and ``ff-ingest status``."""
