@@ -66,12 +66,14 @@ def _metric_key(m: MetricPoint) -> tuple:
 class BatchBuilder:
     """Accumulates one journal's records into batches. ``add`` returns the batches that filled up."""
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits = Limits(), *, start: ReadPosition | None = None) -> None:
         self.limits = limits
         self._batch = Batch()
         self._seen: set[tuple] = set()
         self._bytes = 0
-        self.position: ReadPosition | None = None  # end of the last record added
+        # End of the last record added; starts where reading starts, so that the first part
+        # of a record split across batches still carries a (not advancing) position.
+        self.position: ReadPosition | None = start
 
     def _entities(self) -> int:
         b = self._batch

@@ -79,6 +79,13 @@ class PassReport:
         return sum(j.created_run for j in self.journals)
 
     @property
+    def runs_updated(self) -> int:
+        """MLflow runs that existed before this pass and received records in it."""
+        created = {j.mlflow_run_id for j in self.journals if j.created_run}
+        return len({j.mlflow_run_id for j in self.journals
+                    if j.records and j.mlflow_run_id and j.mlflow_run_id not in created})
+
+    @property
     def failed(self) -> list[JournalReport]:
         return [j for j in self.journals if j.state == "error" or j.errors]
 
@@ -198,8 +205,12 @@ class Replayer:
                     return None
                 self.run_map[header.parent_run_id] = parent
                 tags[TAG_PARENT] = parent
+            # An unnamed run gets a name derived from its id, not MLflow's random one, so that
+            # every clean ingest of the same journals yields the same store.
             info = self.sink.create_run(experiment_id=experiment_id, run_id=header.run_id,
-                                        run_name=header.run_name, start_time=header.ts, tags=tags)
+                                        run_name=(header.run_name or header.tags.get("mlflow.runName")
+                                                  or f"run-{header.run_id[:8]}"),
+                                        start_time=header.ts, tags=tags)
             jr.created_run = True
         self.run_map[header.run_id] = info.mlflow_run_id
         return info.mlflow_run_id
@@ -220,7 +231,10 @@ class Replayer:
                 jr.errors.append(f"param conflict: {key!r} is {old!r} in MLflow; the journal's {value!r} "
                                  "was not applied (a param has one value per run)")
         for key, kept, refused in batch.conflicts:
-            jr.errors.append(f"param conflict: {key!r} logged as {kept!r} and later {refused!r}; kept the first")
+            stored = known.get(key, kept)  # what the run holds after this batch
+            if refused != stored:  # (equal: that value was the stored one; its rival is reported above)
+                jr.errors.append(f"param conflict: {key!r} is {stored!r}; the journal's later {refused!r} "
+                                 "was not applied (a param has one value per run)")
 
     def ingest_journal(self, header: Header) -> JournalReport:
         path = header.path
@@ -243,14 +257,12 @@ class Replayer:
         jr.mlflow_run_id = mlflow_run_id
         base = replace(base, path=str(path), mlflow_run_id=mlflow_run_id)
         reader = JournalReader(path)
-        builder = BatchBuilder(self.limits)
+        builder = BatchBuilder(self.limits, start=base.position)
         position = base.position
 
         def commit(batch: Batch) -> None:
             nonlocal base, position
             self._filter_params(mlflow_run_id, batch, jr)
-            if batch.position is None:
-                return
             new = base.advanced(batch.position, batch.records, ended=batch.closes_journal,
                                 mlflow_run_id=mlflow_run_id, now_ms=int(self.clock() * 1000))
             try:
