@@ -69,8 +69,8 @@ def run_ff_ingest(project: Path, *args: str) -> int:
     """Run ff-ingest in-process against ``project``'s config; returns its exit code."""
     from formula_foundry.tracking.ingest.cli import main
 
-    return main([*args, "--config", str(project / "config" / "mlflow.yaml")]) if args[:1] not in (
-        ["view"],) else main(list(args))
+    return main([*args, "--config", str(project / "config" / "mlflow.yaml")]) if args[:1] != ("view",) \
+        else main(list(args))
 
 
 def mlflow_client(project: Path):

@@ -402,8 +402,6 @@ def test_sequence_gap_stops_that_journal(store_project, capsys):
     assert steps(client, healthy) == list(range(20))
 
 
-@pytest.mark.xfail(strict=True, reason="journal.py: under skip_corrupt a sequence gap drops the valid record "
-                                       "found after the gap (the reader skips it like a corrupt line)")
 def test_skip_corrupt_over_a_gap_keeps_the_record_after_it(store_project):
     """A gap is not a bad line: ``--skip-corrupt`` should resume *at* the record after the gap (its
     checksum is fine), losing only what is really missing."""

@@ -132,7 +132,9 @@ class JournalWriter:
                 line = b"\n" + line
             size = self._size + len(line)
             try:
-                self._write_all(line)
+                written = os.write(self._fd, line)  # the whole line in one call, nearly always
+                if written != len(line):
+                    self._write_rest(line, written)
             except OSError as exc:
                 self._recover(exc)
                 return -1
@@ -153,12 +155,15 @@ class JournalWriter:
                     self._last_fsync = now
             return seq
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
+    def _write_rest(self, data: bytes, written: int) -> None:
+        """Finish a short write: the kernel took only ``written`` bytes of ``data`` (0: it cannot go on)."""
+        view = memoryview(data)[written:]
+        while True:
             if written == 0:
                 raise OSError(errno.EIO, "write returned 0 bytes")
+            if not view:
+                return
+            written = os.write(self._fd, view)
             view = view[written:]
 
     def _settle(self, seq: int, size: int) -> None:
@@ -250,6 +255,14 @@ class Entry:
     end: ReadPosition  # the position just after this record
 
 
+class _SequenceGap(FrameError):
+    """A verified record whose sequence number does not follow its predecessor's."""
+
+    def __init__(self, message: str, record: dict) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 class JournalReader:
     """Streams verified records from a journal file. Holds no lock; never writes."""
 
@@ -289,13 +302,16 @@ class JournalReader:
                         record = self._check(raw, seq)
                     except FrameError as exc:
                         error = CorruptRecordError(str(exc), path=self.path, line=line_no, offset=line_offset)
-                        line_no += 1
                         if not skip_corrupt:
                             raise error from None
                         if on_skip is not None:
                             on_skip(error)
-                        seq = None  # resynchronise on the next good record
-                        continue
+                        if not isinstance(exc, _SequenceGap):
+                            line_no += 1
+                            seq = None  # resynchronise on the next good record
+                            continue
+                        # A gap is not a bad line: this record's checksum is fine, so keep it.
+                        record = exc.record
                     seq = record["seq"] + 1
                     line_no += 1
                     yield Entry(record, line_offset, line_no - 1, ReadPosition(offset, line_no, seq))
@@ -318,7 +334,7 @@ class JournalReader:
         if not isinstance(got, int):
             raise FrameError("record has no sequence number")
         if seq is not None and got != seq:
-            raise FrameError(f"sequence gap: expected seq {seq}, found {got}")
+            raise _SequenceGap(f"sequence gap: expected seq {seq}, found {got}", record)
         return record
 
     def records(self, start: ReadPosition = ReadPosition()) -> Iterator[dict]:
