@@ -256,5 +256,8 @@ def quiet_mlflow_logs() -> None:
     """MLflow and alembic log INFO chatter on every store open; the ingester reports for itself."""
     for name in ("mlflow", "alembic", "alembic.runtime.migration", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The SQL store logs a full traceback at ERROR before raising (e.g. "database is locked");
+    # the ingester classifies the exception and reports it in one line, so keep stderr readable.
+    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
