@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "FORMAT_VERSION",
@@ -76,8 +76,9 @@ MANIFEST_TAG_KEYS = ("git_sha", "design_doc_sha256", "environment_fingerprint", 
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-@dataclass(frozen=True, slots=True)
-class MetricPoint:
+class MetricPoint(NamedTuple):
+    """One metric point as MLflow stores it (a NamedTuple: replay makes millions of them)."""
+
     key: str
     value: float
     timestamp: int

@@ -39,8 +39,8 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from formula_foundry.errors import (
     CorruptRecordError,
@@ -236,8 +236,9 @@ def _fsync_dir(folder: Path) -> None:
 
 # --------------------------------------------------------------------------- reading
 
-@dataclass(frozen=True, slots=True)
-class ReadPosition:
+# NamedTuples, not frozen dataclasses: the reader makes two per record, and on a backfill of
+# millions of records a frozen dataclass's construction cost shows (about 1 µs each).
+class ReadPosition(NamedTuple):
     """Where reading resumes: byte offset of the next line, its 1-based number, the next seq."""
 
     offset: int = 0
@@ -245,8 +246,7 @@ class ReadPosition:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One verified record with its place in the journal."""
 
     record: dict
@@ -318,11 +318,13 @@ class JournalReader:
                 buffer = buffer[start_of_line:]
 
     def _check(self, raw: bytes, seq: int | None) -> dict:
-        if not raw.strip():
-            raise FrameError("empty line")
-        record = unframe(raw)
+        record = unframe(raw)  # an empty or blank line fails here too (no checksum suffix)
         version = record.get("v")
-        if not isinstance(version, int):
+        if version == FORMAT_VERSION and type(version) is int and record.get("type") in TYPES:
+            got = record.get("seq")
+            if type(got) is int and (got == seq or seq is None):
+                return record  # the common case, checked in as few steps as possible
+        if not isinstance(version, int) or isinstance(version, bool):
             raise FrameError("record has no format version")
         if version > FORMAT_VERSION:
             raise UnsupportedVersionError(
