@@ -196,7 +196,7 @@ def sqlite_path_of(uri: str) -> Path | None:
     path = rest[3:].split("?", 1)[0]
     if not path or path == ":memory:":
         return None
-    return Path(path) if path.startswith("/") else Path(path)
+    return Path(path)  # absolute for sqlite:////abs, relative (to the project root) for sqlite:///rel
 
 
 def _resolve_uri(uri: str, root: Path) -> str:

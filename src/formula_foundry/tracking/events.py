@@ -85,7 +85,7 @@ class MetricPoint(NamedTuple):
     step: int
 
 
-def decode_metric_value(value: float | int | str) -> float:
+def decode_metric_value(value: float | str) -> float:
     """Inverse of :func:`formula_foundry.tracking.validation.encode_metric_value`."""
     if isinstance(value, str):
         try:

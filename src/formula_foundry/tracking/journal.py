@@ -246,6 +246,9 @@ class ReadPosition(NamedTuple):
     seq: int = 0
 
 
+START = ReadPosition()  # the beginning of a journal
+
+
 class Entry(NamedTuple):
     """One verified record with its place in the journal."""
 
@@ -270,7 +273,7 @@ class JournalReader:
         self.path = Path(path)
         self.pending_bytes = 0  # bytes of an incomplete last line seen by the last read
 
-    def entries(self, start: ReadPosition = ReadPosition(), *, skip_corrupt: bool = False,
+    def entries(self, start: ReadPosition = START, *, skip_corrupt: bool = False,
                 on_skip=None) -> Iterator[Entry]:
         """Yield every complete, verified record from ``start``.
 
@@ -339,7 +342,7 @@ class JournalReader:
             raise _SequenceGap(f"sequence gap: expected seq {seq}, found {got}", record)
         return record
 
-    def records(self, start: ReadPosition = ReadPosition()) -> Iterator[dict]:
+    def records(self, start: ReadPosition = START) -> Iterator[dict]:
         for entry in self.entries(start):
             yield entry.record
 

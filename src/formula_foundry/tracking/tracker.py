@@ -407,7 +407,7 @@ class Tracker:
         for run in open_runs:
             try:
                 run.end(status)
-            except Exception:  # noqa: BLE001 - best effort at exit; the journal stays valid
+            except Exception:  # noqa: BLE001, S110 - best effort at exit; the journal stays valid
                 pass
 
 

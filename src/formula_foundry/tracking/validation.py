@@ -62,7 +62,7 @@ def check_key(key: object, kind: str) -> str:
             "dashes (-), periods (.), colons (:), spaces ( ) and slashes (/)",
             key=key, rule="key-chars")
     norm = posixpath.normpath(key)
-    if norm != key or norm == "." or norm.startswith("..") or norm.startswith("/"):
+    if norm != key or norm == "." or norm.startswith(("..", "/")):
         raise ValidationError(
             f"invalid {kind} key {key!r}: it would resolve to {norm!r} when treated as a path",
             key=key, rule="key-path")
@@ -120,7 +120,7 @@ def tag_value(key: str, value: object) -> str:
 
 def encode_metric_value(value: float) -> float | str:
     """JSON cannot carry NaN/inf: encode them as the strings ``NaN``, ``Infinity``, ``-Infinity``."""
-    if value != value:
+    if value != value:  # noqa: PLR0124 - the NaN test without a function call
         return "NaN"
     if value == math.inf:
         return "Infinity"

@@ -126,8 +126,8 @@ def ingest_command(paths, config_path, tracking_uri, roots, log_level, sink, dry
 def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None, sink: str | None = None,
               dry_run: bool = False, skip_corrupt: bool = False, as_json: bool = False,
               quiet: bool = False) -> int:
-    from formula_foundry.tracking.ingest.connect import IngesterLock, open_sink, state_dir
     from formula_foundry.tracking.ingest.checkpoints import redact_uri
+    from formula_foundry.tracking.ingest.connect import IngesterLock, open_sink, state_dir
     from formula_foundry.tracking.ingest.discover import discover
     from formula_foundry.tracking.ingest.replay import Replayer
 

@@ -32,17 +32,17 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import mlflow  # noqa: F401  - the ingest side is where mlflow lives
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from formula_foundry.errors import StoreRejectedError, StoreUnavailableError
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.events import TAG_RUN_ID
 from formula_foundry.tracking.ingest.checkpoints import redact_uri
 from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, CheckpointStore, RunInfo
 from formula_foundry.tracking.ingest.store_init import ensure_sqlite_store
-
-import mlflow  # noqa: E402,F401  - the ingest side is where mlflow lives
-from mlflow.entities import Metric, Param, RunTag, ViewType
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 __all__ = ["MlflowSink", "classify", "probe_store", "scrub"]
 

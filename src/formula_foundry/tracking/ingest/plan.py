@@ -24,7 +24,7 @@ from formula_foundry.tracking.events import MetricPoint, decode_metric_value, it
 from formula_foundry.tracking.ingest.sink import Batch
 from formula_foundry.tracking.journal import ReadPosition
 
-__all__ = ["ARTIFACT_REFS_DIR", "BatchBuilder", "Limits", "artifact_ref_document"]
+__all__ = ["ARTIFACT_REFS_DIR", "MLFLOW_LIMITS", "BatchBuilder", "Limits", "artifact_ref_document"]
 
 ARTIFACT_REFS_DIR = "artifact_refs"
 MANIFEST_ARTIFACT = "manifest.json"
@@ -38,6 +38,9 @@ class Limits:
     tags: int = 100
     entities: int = 1000
     payload_bytes: int = 900_000  # below MLflow's 1 MB request limit, with room for JSON overhead
+
+
+MLFLOW_LIMITS = Limits()  # MLflow 3.17's log_batch limits (mlflow/utils/validation.py)
 
 
 def artifact_ref_document(record: dict) -> tuple[str, bytes]:
@@ -66,7 +69,7 @@ def _metric_key(m: MetricPoint) -> tuple:
 class BatchBuilder:
     """Accumulates one journal's records into batches. ``add`` returns the batches that filled up."""
 
-    def __init__(self, limits: Limits = Limits(), *, start: ReadPosition | None = None) -> None:
+    def __init__(self, limits: Limits = MLFLOW_LIMITS, *, start: ReadPosition | None = None) -> None:
         self.limits = limits
         self._batch = Batch()
         self._seen: set[tuple] = set()
@@ -107,7 +110,7 @@ class BatchBuilder:
             value = record["value"]
             if type(value) is not float:
                 value = decode_metric_value(value)
-            nan = value != value
+            nan = value != value  # noqa: PLR0124 - NaN test
             point = MetricPoint(record["key"], value, record.get("mts", record["ts"]), record.get("step", 0))
             key = (point.key, point.timestamp, point.step, 0.0 if nan else value, nan)
             if key not in self._seen:

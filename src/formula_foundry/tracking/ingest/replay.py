@@ -27,7 +27,7 @@ from formula_foundry.errors import (
     StoreRejectedError,
     UnsupportedVersionError,
 )
-from formula_foundry.tracking.ingest.plan import BatchBuilder, Limits
+from formula_foundry.tracking.ingest.plan import MLFLOW_LIMITS, BatchBuilder, Limits
 from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, Sink
 from formula_foundry.tracking.journal import JournalReader, ReadPosition
 
@@ -131,7 +131,7 @@ def order_headers(headers: list[Header]) -> list[Header]:
 class Replayer:
     """Replays journals into one sink. Keeps the producer-run -> MLflow-run map of this process."""
 
-    def __init__(self, sink: Sink, *, limits: Limits = Limits(), skip_corrupt: bool = False,
+    def __init__(self, sink: Sink, *, limits: Limits = MLFLOW_LIMITS, skip_corrupt: bool = False,
                  dry_run: bool = False, on_progress: Callable[[int], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.sink = sink

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from formula_foundry.tracking.events import MetricPoint
-from formula_foundry.tracking.journal import ReadPosition
+from formula_foundry.tracking.journal import START, ReadPosition
 
 __all__ = ["Batch", "Checkpoint", "CheckpointStore", "MemorySink", "RunInfo", "Sink"]
 
@@ -58,7 +58,7 @@ class Checkpoint:
     path: str
     run_id: str  # the producer's run id
     mlflow_run_id: str | None = None
-    position: ReadPosition = ReadPosition()
+    position: ReadPosition = START
     records: int = 0  # records ingested so far
     ended: bool = False  # the journal's last record (run_end / segment_end) is ingested
     last_error: str | None = None
