@@ -78,3 +78,35 @@ def mlflow_client(project: Path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(f"sqlite:///{project / 'data' / 'mlflow' / 'mlruns.db'}")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+POSTGRES_ADMIN_URL = os.environ.get("FF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    """The admin URL of a reachable PostgreSQL server: skip when there is none, fail instead
+    under ``FF_REQUIRE_POSTGRES=1`` (CI), so PostgreSQL tests can never pass by not running."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        from formula_foundry.tracking.ingest.checkpoints import redact_uri
+
+        reason = (f"PostgreSQL not reachable at {redact_uri(POSTGRES_ADMIN_URL)} "
+                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+        if os.environ.get("FF_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason}; FF_REQUIRE_POSTGRES=1 requires it")
+        pytest.skip(f"{reason} (set FF_REQUIRE_POSTGRES=1 to fail instead)")
+    return POSTGRES_ADMIN_URL

@@ -31,40 +31,19 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import POSTGRES_ADMIN_URL, REPO, subprocess_env
+from tests.conftest import with_database as _with_database
 
-ADMIN_URL = os.environ.get("FF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ADMIN_URL = POSTGRES_ADMIN_URL
 TS0 = 1_700_000_000_000
 
 
 # --------------------------------------------------------------------------- PostgreSQL
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> str:
-    """An admin URL of a reachable PostgreSQL server (skip, or fail under FF_REQUIRE_POSTGRES=1)."""
-    required = os.environ.get("FF_REQUIRE_POSTGRES") == "1"
-    try:
-        import psycopg
-
-        with psycopg.connect(ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
-        reason = f"PostgreSQL not reachable at {ADMIN_URL} ({type(exc).__name__}: {str(exc).strip()[:200]})"
-        if required:
-            pytest.fail(f"{reason}; FF_REQUIRE_POSTGRES=1 requires it")
-        pytest.skip(reason)
-    return ADMIN_URL
-
 
 def _admin_execute(admin: str, sql: str) -> None:
     import psycopg

@@ -28,13 +28,11 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.conftest import subprocess_env
+from tests.conftest import subprocess_env, with_database
 
-PG_ADMIN_URL = os.environ.get("FF_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 START_TIMEOUT = 90.0
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -142,28 +140,16 @@ def _mlflow_server(tmp: Path, template_store: Path, artifacts: str, *, extra_env
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url(postgres_admin: str) -> str:
     """``postgresql://postgres@127.0.0.1:5432/ff_srv_<random>``: a database of this session only."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable here"
-        from formula_foundry.tracking.ingest.checkpoints import redact_uri
+    import psycopg
 
-        reason = f"PostgreSQL is not reachable at {redact_uri(PG_ADMIN_URL)}: {' '.join(str(exc).split())}"
-        if os.environ.get("FF_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason} (FF_REQUIRE_POSTGRES=1)")
-        pytest.skip(f"{reason} (set FF_REQUIRE_POSTGRES=1 to fail instead)")
+    admin = psycopg.connect(postgres_admin, autocommit=True, connect_timeout=5)
     name = f"ff_srv_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield _with_database(PG_ADMIN_URL, name)
+        yield with_database(postgres_admin, name)
     finally:
         try:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
