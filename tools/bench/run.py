@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run every benchmark side by side with its alternative and print one table.
 
-    python tools/bench/run.py                      # the full suite (~15 min on 2 cores)
-    python tools/bench/run.py --quick              # small N, 3 runs each: under a minute on an idle machine
+    python tools/bench/run.py                      # the full suite (~18 min on 2 cores, 11 without bulk)
+    python tools/bench/run.py --quick              # small N, 3 runs each: about a minute (+40 s for bulk)
     python tools/bench/run.py --only producer,watch --plot docs/img/producer_cost.png --json out.json
 
 Sections: ``producer`` (cost per event and import cost, ``bench_producer.py``),
@@ -150,7 +150,7 @@ def plot_producer(rows: list[Row], path: Path, *, title: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small N and 3 runs each (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="small N and 3 runs each (about a minute)")
     parser.add_argument("--only", default=",".join(ALL),
                         help=f"comma-separated sections to run (default: {','.join(ALL)})")
     parser.add_argument("--plot", type=Path, help="write a PNG of producer cost per event to this path")
