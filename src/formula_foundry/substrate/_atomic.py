@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +37,8 @@ def write_temp(directory: Path, chunks: Iterable[bytes], *, prefix: str = ".tmp-
     The chunks are consumed one at a time, so a generator streams without buffering.
     If anything fails (including the iterator itself), the temp file is removed.
     """
+    import tempfile  # deferred: keeps `import formula_foundry.tracking` cheap
+
     fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
     tmp = Path(name)
     try:

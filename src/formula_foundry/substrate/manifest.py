@@ -28,7 +28,6 @@ import hashlib
 import os
 import platform as _platform
 import re
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -240,6 +239,8 @@ def git_sha(repo_dir: Path | str | None = None) -> str:
     override = os.environ.get("FF_GIT_SHA")
     if override:
         return override
+    import subprocess  # deferred: only a manifest needs it, every producer import would pay for it
+
     try:
         proc = subprocess.run(
             ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
