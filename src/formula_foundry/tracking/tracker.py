@@ -141,9 +141,10 @@ class Run:
         values = {check_key(k, "metric"): metric_value(k, v) for k, v in metrics.items()}
         if not values:
             return
-        fields: dict[str, Any] = {"values": values, "step": 0 if step is None else check_step("*", step)}
+        keys = ", ".join(values)  # errors about the shared step/timestamp name every key of the call
+        fields: dict[str, Any] = {"values": values, "step": 0 if step is None else check_step(keys, step)}
         if timestamp is not None:
-            fields["mts"] = check_timestamp("*", timestamp)
+            fields["mts"] = check_timestamp(keys, timestamp)
         self._append("metrics", fields)
 
     def set_tag(self, key: str, value: Any) -> None:
