@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import orjson
+import pytest
 
 from formula_foundry.tracking.ingest.plan import (
     ARTIFACT_REFS_DIR,
+    MLFLOW_LIMITS,
     BatchBuilder,
     Limits,
     artifact_ref_document,
@@ -277,3 +279,67 @@ def test_metric_timestamp_is_the_journals_never_now():
     feed.add("metrics", values={"c": 1.0}, step=0, ts=TS + 7)
     (batch,) = feed.finish()
     assert [(m.key, m.timestamp) for m in batch.metrics] == [("a", TS), ("b", 1_000), ("c", TS + 7)]
+
+
+# --------------------------------------------------------------------------- add_chunk == add, record by record
+
+def _journal_for_chunks(tmp_path, rng, n: int):
+    from formula_foundry.tracking.framing import frame
+
+    lines = []
+    last = None
+    for seq in range(n):
+        kind = rng.choice(["metric"] * 12 + ["metrics", "param", "tag", "artifact_ref"])
+        record = {"v": 1, "seq": seq, "ts": TS + seq // 3, "type": kind}
+        if kind == "metric":
+            if last is not None and rng.random() < 0.1:
+                record.update(last)  # a repeated point (same key, value, step and timestamp)
+                record["ts"] = TS + (seq - 1) // 3
+            else:
+                record.update(key=rng.choice(["loss", "acc", "k" * rng.choice([1, 200])]),
+                              value=rng.choice([seq * 0.5] * 30 + ["NaN", "-Infinity", 3]), step=seq // 2)
+                if rng.random() < 0.05:
+                    record["mts"] = TS - seq
+            last = {k: record[k] for k in ("key", "value", "step") if k in record}
+        elif kind == "metrics":
+            record.update(values={f"v{i}": float(i) for i in range(rng.choice([1, 20]))}, step=seq)
+        elif kind in ("param", "tag"):
+            record.update(key=f"{kind}{rng.randrange(30)}", value=rng.choice(["a", "b" * 300]))
+        else:
+            record.update(logical_path=f"f{seq}.bin", digest="0" * 64, size_bytes=seq)
+        lines.append(frame(record))
+    lines.append(frame({"v": 1, "seq": n, "ts": TS + n, "type": "run_end", "status": "FAILED", "error": "boom"}))
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def _shape(batch) -> tuple:
+    return (list(map(tuple, batch.metrics)), list(batch.params.items()), list(batch.tags.items()),
+            dict(batch.artifacts), batch.end, batch.records, batch.position, batch.closes_journal,
+            list(batch.conflicts))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dedupe", [True, False])
+@pytest.mark.parametrize("limits", [MLFLOW_LIMITS, Limits(metrics=7, params=3, tags=4, entities=9, payload_bytes=900)],
+                         ids=["mlflow", "tiny"])
+def test_add_chunk_makes_the_batches_add_makes(tmp_path, monkeypatch, seed, dedupe, limits):
+    import random
+
+    import formula_foundry.tracking.journal as journal_module
+    from formula_foundry.tracking.journal import JournalReader
+
+    monkeypatch.setattr(journal_module, "_CHUNK", 2048)  # many chunks, runs of metrics across their edges
+    path = _journal_for_chunks(tmp_path, random.Random(seed), 1500)
+    start = ReadPosition()
+    one = BatchBuilder(limits, start=start, dedupe=dedupe)
+    by_record = [b for entry in JournalReader(path).entries() for b in one.add(entry.record, entry.end)]
+    by_record.append(one.flush())
+    many = BatchBuilder(limits, start=start, dedupe=dedupe)
+    chunks = list(JournalReader(path).chunks())
+    assert len(chunks) > 20 and any(not c.metric_timestamps for c in chunks)
+    by_chunk = [b for chunk in chunks for b in many.add_chunk(chunk)]
+    by_chunk.append(many.flush())
+    assert [_shape(b) for b in by_chunk if b is not None] == [_shape(b) for b in by_record if b is not None]
+    assert many.position == one.position

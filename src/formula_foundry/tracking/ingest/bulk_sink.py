@@ -134,6 +134,7 @@ TAIL_BYTES = 64 << 10  # a batch ending this close to the journal's end commits 
 _CHUNK = 5_000  # rows per executemany call
 _RUN_NAME_TAG = "mlflow.runName"
 _first = operator.itemgetter(0)
+_value_of = operator.itemgetter(1)
 _SUPPORTED = ("sqlite", "postgresql")
 
 
@@ -394,6 +395,7 @@ class BulkSink:
     """The :class:`~.sink.Sink` for SQL stores: MLflow's API for runs, SQL for the bulk of the data."""
 
     kind = "bulk"
+    absorbs_repeated_metrics = True  # INSERT ... ON CONFLICT DO NOTHING
 
     def __init__(self, uri: str, *, engine: sa.Engine, api, state_folder: Path | None = None,
                  limits: Limits | None = None) -> None:
@@ -409,7 +411,7 @@ class BulkSink:
         self.api = api  # MlflowSink: experiments, runs, artifacts
         self.limits = limits or Limits()  # what a full batch looks like (see _group_done)
         self.dialect = engine.dialect.name
-        insert = _dialect_insert(self.dialect)
+        insert = self._dialect_insert = _dialect_insert(self.dialect)
         self._runs = SqlRun.__table__
         self._metrics = SqlMetric.__table__
         self._latest_table = SqlLatestMetric.__table__
@@ -437,6 +439,10 @@ class BulkSink:
             self._from_staging = insert(self._metrics).from_select(
                 list(self._metric_cols), sa.select(*[self._staging.c[c] for c in self._metric_cols])
             ).on_conflict_do_nothing()
+        # SQLite, every value finite (the common case): the batch's (key, value, timestamp, step)
+        # points go to the driver untouched; is_nan and the run id are literals of the statement.
+        self._points_sql_of: tuple[str, str] | None = None  # (run, its statement)
+        self._plain_points = self._metric_sql is not None and self._point_statement("0" * 32) is not None
         self._param_insert = insert(self._params).on_conflict_do_nothing()
         tag = insert(SqlTag.__table__)
         self._tag_upsert = tag.on_conflict_do_update(index_elements=["key", "run_uuid"],
@@ -459,7 +465,10 @@ class BulkSink:
         self._group_started = 0.0
         self._group_rows = 0
         self._group_checked = False  # the run is known to be active in this group
-        self._latest: dict[str, list] = {}  # key -> [step, timestamp, value, is_nan, dirty] for the group's run
+        # Latest metrics of the group's run: key -> its latest row (key, value, timestamp, step[, is_nan]);
+        # _stored_latest holds the rows read from the store: a row not among them is to be written.
+        self._latest: dict[str, tuple] = {}
+        self._stored_latest: dict[str, tuple] = {}
 
     # -- the open group -----------------------------------------------------------
 
@@ -476,7 +485,7 @@ class BulkSink:
             self._conn = conn
             self._group_journal, self._group_run = journal_id, run
             self._group_started, self._group_rows = time.monotonic(), 0
-            self._latest = {}
+            self._latest, self._stored_latest = {}, {}
             self._group_checked = False
             if self._staging is not None:
                 self._staging.create(conn)  # dropped at the group's commit (or rollback)
@@ -486,7 +495,7 @@ class BulkSink:
         """Roll the open group back: its data and its checkpoints go together."""
         conn, trans = self._conn, self._trans
         self._conn = self._trans = None
-        self._latest = {}
+        self._latest, self._stored_latest = {}, {}
         if conn is None:
             return
         with contextlib.suppress(Exception):  # the connection is being dropped anyway
@@ -510,7 +519,7 @@ class BulkSink:
                 raise
             conn = self._conn
             self._conn = self._trans = None
-            self._latest = {}
+            self._latest, self._stored_latest = {}, {}
             conn.close()
 
     # -- Sink: the API side --------------------------------------------------------
@@ -614,17 +623,24 @@ class BulkSink:
         return left < TAIL_BYTES
 
     def _write_metrics(self, conn: sa.Connection, run: str, metrics) -> None:
-        sanitize = self._sanitize  # for the values that need it: finite values pass unchanged
+        """Insert a batch's points (``(key, value, timestamp, step)`` tuples) and track latest metrics."""
+        total = sum(map(_value_of, metrics))
+        if total - total == 0.0 and self._plain_points:
+            # Every value finite (a sum that overflows only sends us down the general path): the
+            # points go to the driver as they are, the run id and is_nan are in the statement.
+            self._update_latest(conn, run, metrics)
+            sql = self._points_sql(run)
+            for i in range(0, len(metrics), _CHUNK):
+                conn.exec_driver_sql(sql, metrics[i:i + _CHUNK])
+            return
+        sanitize = self._sanitize  # MLflow's: NaN -> 0 with is_nan, ±inf -> ±float max
         rows = []
-        append = rows.append
-        for m in metrics:
-            value = m.value
-            if value - value == 0.0:  # finite
-                append((m.key, value, m.timestamp, m.step, False, run))
-            else:
+        for key, value, timestamp, step in metrics:
+            is_nan = False
+            if value - value != 0.0:
                 is_nan, value = sanitize(None, value)
-                append((m.key, value, m.timestamp, m.step, is_nan, run))
-        self._update_latest(conn, run, rows)
+            rows.append((key, value, timestamp, step, is_nan, run))
+        self._update_latest(conn, run, [row[:5] for row in rows])
         if self._staging is not None:
             with conn.connection.driver_connection.cursor() as cursor, cursor.copy(self._copy_sql) as copy:
                 for row in rows:
@@ -640,13 +656,32 @@ class BulkSink:
                 cols = self._metric_cols
                 conn.execute(self._metric_insert, [dict(zip(cols, row)) for row in chunk])
 
-    def _update_latest(self, conn: sa.Connection, run: str, rows: list[tuple]) -> None:
+    def _point_statement(self, run: str) -> str | None:
+        """``INSERT INTO metrics ... VALUES (?, ?, ?, ?, false, '<run>') ON CONFLICT DO NOTHING`` from the model."""
+        dialect = self.engine.dialect
+        run_literal = sa.literal(run, sa.String()).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        stmt = self._dialect_insert(self._metrics).inline().values(  # inline: no RETURNING of the literals
+            {"key": sa.bindparam("key"), "value": sa.bindparam("value"), "timestamp": sa.bindparam("timestamp"),
+             "step": sa.bindparam("step"), "is_nan": sa.false(), "run_uuid": sa.literal_column(str(run_literal))}
+        ).on_conflict_do_nothing()
+        compiled = stmt.compile(dialect=dialect)
+        sql = str(compiled)
+        if tuple(compiled.positiontup or ()) != ("key", "value", "timestamp", "step") or "RETURNING" in sql:
+            return None
+        return sql
+
+    def _points_sql(self, run: str) -> str:
+        if self._points_sql_of is None or self._points_sql_of[0] != run:
+            self._points_sql_of = (run, self._point_statement(run))
+        return self._points_sql_of[1]
+
+    def _update_latest(self, conn: sa.Connection, run: str, rows) -> None:
         """MLflow's ``_update_latest_metrics_if_necessary``, over the group's cached view of the run.
 
-        Rows in batch order; a row replaces the current latest point of its key only if
-        ``(step, timestamp, value)`` is strictly greater (MLflow's ``_compare_metrics``; NaN
-        compares as its stored 0). The comparison is spelled out field by field: no tuples
-        per row on this hot path.
+        ``rows``: ``(key, value, timestamp, step[, is_nan])`` in batch order, values as stored. A
+        row replaces the current latest point of its key only if ``(step, timestamp, value)`` is
+        strictly greater (MLflow's ``_compare_metrics``; NaN compares as its stored 0). The
+        winning row itself is kept (no new objects per row on this hot path).
         """
         latest = self._latest
         missing = set(map(_first, rows)) - latest.keys()
@@ -654,21 +689,22 @@ class BulkSink:
             t = self._latest_table
             names = sorted(missing)
             for i in range(0, len(names), 500):
-                query = sa.select(t.c.key, t.c.step, t.c.timestamp, t.c.value, t.c.is_nan).where(
+                query = sa.select(t.c.key, t.c.value, t.c.timestamp, t.c.step, t.c.is_nan).where(
                     t.c.run_uuid == run, t.c.key.in_(names[i:i + 500]))
-                for key, step, timestamp, value, is_nan in conn.execute(query):
-                    latest[key] = [step, timestamp, value, bool(is_nan), False]
-        for key, value, timestamp, step, is_nan, _run in rows:
-            cur = latest.get(key)
-            if cur is None:
-                latest[key] = [step, timestamp, value, is_nan, True]
-            elif step > cur[0] or (step == cur[0] and (timestamp > cur[1] or (
-                    timestamp == cur[1] and value > cur[2]))):  # (step, timestamp, value) > current
-                cur[0], cur[1], cur[2], cur[3], cur[4] = step, timestamp, value, is_nan, True
+                for key, value, timestamp, step, is_nan in conn.execute(query):
+                    latest[key] = self._stored_latest[key] = (key, value, timestamp, step, bool(is_nan))
+        get = latest.get
+        for row in rows:
+            cur = get(row[0])
+            if cur is None or row[3] > cur[3] or (row[3] == cur[3] and (row[2] > cur[2] or (
+                    row[2] == cur[2] and row[1] > cur[1]))):  # (step, timestamp, value) > current
+                latest[row[0]] = row
 
     def _write_latest(self, conn: sa.Connection) -> None:
-        dirty = [{"key": key, "run_uuid": self._group_run, "step": v[0], "timestamp": v[1], "value": v[2],
-                  "is_nan": v[3]} for key, v in self._latest.items() if v[4]]
+        stored = self._stored_latest
+        dirty = [{"key": row[0], "run_uuid": self._group_run, "value": row[1], "timestamp": row[2],
+                  "step": row[3], "is_nan": len(row) > 4 and row[4]}
+                 for key, row in self._latest.items() if row is not stored.get(key)]
         if dirty:
             conn.execute(self._latest_upsert, dirty)
 

@@ -222,7 +222,7 @@ class MlflowSink:
     def commit(self, mlflow_run_id: str, batch: Batch, checkpoint: Checkpoint) -> None:
         if batch.metrics or batch.params or batch.tags:
             self._call("log_batch", self.client.log_batch, mlflow_run_id,
-                       metrics=[Metric(m.key, m.value, m.timestamp, m.step) for m in batch.metrics],
+                       metrics=[Metric(key, value, timestamp, step) for key, value, timestamp, step in batch.metrics],
                        params=[Param(k, v) for k, v in batch.params.items()],
                        tags=[RunTag(k, v) for k, v in batch.tags.items()], synchronous=True)
         if batch.artifacts:

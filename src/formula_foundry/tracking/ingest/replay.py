@@ -257,7 +257,8 @@ class Replayer:
         jr.mlflow_run_id = mlflow_run_id
         base = replace(base, path=str(path), mlflow_run_id=mlflow_run_id)
         reader = JournalReader(path)
-        builder = BatchBuilder(self.limits, start=base.position)
+        builder = BatchBuilder(self.limits, start=base.position,
+                               dedupe=not getattr(self.sink, "absorbs_repeated_metrics", False))
         position = base.position
 
         def commit(batch: Batch) -> None:
@@ -278,9 +279,9 @@ class Replayer:
             jr.batches += 1
 
         try:
-            for entry in reader.entries(base.position, skip_corrupt=self.skip_corrupt,
-                                        on_skip=lambda e: jr.skipped.append(str(e))):
-                for batch in builder.add(entry.record, entry.end):
+            for chunk in reader.chunks(base.position, skip_corrupt=self.skip_corrupt,
+                                       on_skip=lambda e: jr.skipped.append(str(e))):
+                for batch in builder.add_chunk(chunk):
                     commit(batch)
             tail = builder.flush()
             if tail is not None:
@@ -312,9 +313,9 @@ class Replayer:
         builder = BatchBuilder(self.limits)
         reader = JournalReader(header.path)
         try:
-            for entry in reader.entries(start, skip_corrupt=self.skip_corrupt):
-                jr.batches += len(builder.add(entry.record, entry.end))
-                jr.records += 1
+            for chunk in reader.chunks(start, skip_corrupt=self.skip_corrupt):
+                jr.batches += len(builder.add_chunk(chunk))
+                jr.records += len(chunk)
             jr.batches += builder.flush() is not None
         except (CorruptRecordError, UnsupportedVersionError) as exc:
             jr.errors.append(_describe(exc, header.path))

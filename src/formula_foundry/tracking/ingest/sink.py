@@ -36,7 +36,8 @@ __all__ = ["Batch", "Checkpoint", "CheckpointStore", "MemorySink", "RunInfo", "S
 class Batch:
     """Everything one commit sends for one run, in journal order within each kind."""
 
-    metrics: list[MetricPoint] = field(default_factory=list)
+    # (key, value, timestamp, step) each: MetricPoint, or a plain tuple from the builder's fast path
+    metrics: list[MetricPoint | tuple[str, float, int, int]] = field(default_factory=list)
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)  # artifact path -> file content
@@ -84,7 +85,13 @@ class CheckpointStore(Protocol):
 
 
 class Sink(Protocol):
-    """A tracking store, seen through the four operations replay needs."""
+    """A tracking store, seen through the four operations replay needs.
+
+    A sink may also set ``absorbs_repeated_metrics = True`` when a repeated
+    metric point inside one batch costs it nothing (replay then leaves repeats
+    in); without it, replay removes them first (MLflow's ``log_batch`` falls back
+    to row-by-row inserts on a batch with a repeat).
+    """
 
     checkpoints: CheckpointStore
 
@@ -162,9 +169,9 @@ class MemorySink:
             if run["params"].setdefault(key, value) != value:
                 raise ValueError(f"param {key} conflict")
         run["tags"].update(batch.tags)
-        for m in batch.metrics:
-            nan = math.isnan(m.value)
-            run["metrics"].add((m.key, m.timestamp, m.step, 0.0 if nan else m.value, nan))
+        for key, value, timestamp, step in batch.metrics:
+            nan = math.isnan(value)
+            run["metrics"].add((key, timestamp, step, 0.0 if nan else value, nan))
         run["artifacts"].update(batch.artifacts)
         if batch.end:
             run["status"], run["end_time"] = batch.end
