@@ -167,3 +167,16 @@ def test_status_needs_neither_the_store_nor_mlflow(store_project):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                          timeout=120, check=True).stdout
     assert out.split() == ['["pending"]', "False"]
+
+
+def test_status_of_a_store_never_ingested_creates_nothing(store_project, capsys):
+    """Looking is read-only: no checkpoint file, no state folder appear for a store nobody ingested."""
+    from formula_foundry.tracking.ingest.connect import state_dir
+
+    cfg = load_config(store_project / "config" / "mlflow.yaml")
+    _run(cfg, "a", steps=2)
+    folder = state_dir(cfg, cfg.tracking.backend_store_uri)
+    assert not folder.exists()
+    _, report = _status_json(store_project, capsys)
+    assert [j["state"] for j in report["journals"]] == ["pending"]
+    assert not (folder / "checkpoints.sqlite").exists() and not folder.exists()

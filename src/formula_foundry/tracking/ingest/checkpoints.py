@@ -122,6 +122,27 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class CheckpointFileReader:
+    """The API sink's checkpoint file of one store, for readers (``ff-ingest status``, ``doctor``).
+
+    Never creates the file or its folder, never writes: a store that was never
+    ingested has no checkpoints, and looking must not change that.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / "checkpoints.sqlite"
+
+    def get(self, journal_id: str) -> Checkpoint | None:
+        return next((cp for cp in read_checkpoints(self.folder) if cp.journal_id == journal_id), None)
+
+    def all(self) -> list[Checkpoint]:
+        return sorted(read_checkpoints(self.folder), key=lambda cp: cp.path)
+
+    def close(self) -> None:
+        pass
+
+
 def read_checkpoints(folder: Path) -> list[Checkpoint]:
     """The checkpoints in ``folder``, read without creating or changing anything (for ``--dry-run``)."""
     path = folder / "checkpoints.sqlite"

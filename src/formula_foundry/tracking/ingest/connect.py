@@ -8,7 +8,12 @@ from pathlib import Path
 
 from formula_foundry.errors import IngesterLockedError
 from formula_foundry.tracking.config import Config
-from formula_foundry.tracking.ingest.checkpoints import SqliteCheckpoints, redact_uri, store_key
+from formula_foundry.tracking.ingest.checkpoints import (
+    CheckpointFileReader,
+    SqliteCheckpoints,
+    redact_uri,
+    store_key,
+)
 
 __all__ = ["IngesterLock", "open_sink", "state_dir"]
 
@@ -98,7 +103,7 @@ def open_checkpoints(config: Config, tracking_uri: str | None = None):
     The bulk sink keeps them in the store's own database (table
     ``ff_ingest_checkpoints``, merged with any rows of the API sink's file); they
     are read there when that table exists and the database answers, else from
-    the file.
+    the file. Creates nothing: a store never ingested has no checkpoint file.
     """
     uri = tracking_uri or config.tracking.backend_store_uri
     if not uri.startswith(("http://", "https://")):
@@ -110,4 +115,4 @@ def open_checkpoints(config: Config, tracking_uri: str | None = None):
             store = bulk_sink.open_bulk_checkpoints(config, uri, state_dir(config, uri))
             if store is not None:
                 return store
-    return SqliteCheckpoints(state_dir(config, uri))
+    return CheckpointFileReader(state_dir(config, uri))

@@ -585,12 +585,7 @@ def check_storage(cfg: Config, uri: str, *, timeout: float, store_ok: bool) -> C
 def _open_checkpoints(cfg: Config, uri: str):
     from formula_foundry.tracking.ingest import connect
 
-    opener = getattr(connect, "open_checkpoints", None)
-    if opener is not None:
-        return opener(cfg, uri)
-    from formula_foundry.tracking.ingest.checkpoints import SqliteCheckpoints
-
-    return SqliteCheckpoints(connect.state_dir(cfg, uri))
+    return connect.open_checkpoints(cfg, uri)
 
 
 def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
