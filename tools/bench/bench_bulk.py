@@ -22,7 +22,8 @@ the imports, and a 5k-record warm-up ingest runs first in the same child.
   ``metrics`` table (MLflow's definition: its primary key and indexes) in one
   transaction: the floor of what any SQL path can cost.
 * ``replay-null`` (with ``--modes``): ``Replayer.ingest`` into a sink that
-  discards everything: the cost of reading, verifying and batching alone.
+  discards everything (batched as for the bulk sink): the cost of reading,
+  verifying and batching alone.
 
 Rounds interleave the modes (rotating their order) so load drift on a shared
 machine hits all alike; ratios are medians of per-round ratios. Each child
@@ -130,6 +131,7 @@ class _NullSink:
     """Discards everything: what reading, verifying and batching cost on their own."""
 
     kind = "null"
+    absorbs_repeated_metrics = True  # batch as for the bulk sink (no in-batch dedupe)
 
     def __init__(self) -> None:
         from formula_foundry.tracking.ingest.sink import MemoryCheckpoints, RunInfo
