@@ -124,15 +124,20 @@ class JournalWriter:
 
     def append(self, type_: str, fields: dict) -> int:
         """Write one record; returns its sequence number (-1 if dropped under ``on_error="warn"``)."""
+        return self.append_record({"v": FORMAT_VERSION, "seq": 0, "ts": 0, "type": type_, **fields})
+
+    def append_record(self, record: dict) -> int:
+        """:meth:`append` for a record built whole by the caller, its first members ``v``, ``seq``,
+        ``ts``, ``type`` (the writer sets ``seq`` and ``ts``): the producer's hot path, one dict per call."""
         with self._lock:
             if self._closed or self._forked:
                 raise RunStateError(
                     f"{self.path}: journal is closed" if self._closed else
                     f"{self.path}: this journal belongs to the parent process; a forked child must "
                     "attach to the run (Tracker.attach_run) to log into its own segment")
-            seq = self._seq
-            line = frame({"v": FORMAT_VERSION, "seq": seq, "ts": int(time.time() * 1000),
-                          "type": type_, **fields})
+            seq = record["seq"] = self._seq
+            record["ts"] = int(time.time() * 1000)
+            line = frame(record)
             if self._needs_newline:
                 line = b"\n" + line
             size = self._size + len(line)

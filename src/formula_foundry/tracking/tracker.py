@@ -38,6 +38,7 @@ from formula_foundry.errors import RunStateError, ValidationError
 from formula_foundry.substrate import RunArtifacts, init_run_dir
 from formula_foundry.tracking.config import Config, load_config
 from formula_foundry.tracking.events import (
+    FORMAT_VERSION,
     TAG_RUN_ID,
     TAG_SUBSTRATE_RUN_DIR,
     TAG_SUBSTRATE_RUN_ID,
@@ -82,6 +83,7 @@ class Run:
         self._writer = JournalWriter(self.journal_path, fsync=cfg.fsync,
                                      fsync_interval=cfg.fsync_interval_seconds, on_error=cfg.on_write_error)
         self._append = self._writer.append
+        self._append_record = self._writer.append_record
         self._params: dict[str, str] = {}
         self._metric_keys: set[str] = set()
         self._lock = threading.Lock()
@@ -130,7 +132,8 @@ class Run:
         elif type(step) is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
             step = check_step(key, step)
         if timestamp is None:
-            self._append("metric", {"key": key, "value": value, "step": step})
+            self._append_record({"v": FORMAT_VERSION, "seq": 0, "ts": 0, "type": "metric",
+                                 "key": key, "value": value, "step": step})
         else:
             self._append("metric", {"key": key, "value": value, "step": step,
                                     "mts": check_timestamp(key, timestamp)})
