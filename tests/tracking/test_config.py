@@ -125,6 +125,7 @@ def test_unknown_section(project: Path):
     ("tracking:\n  enabled: 'yes'\n", "tracking.enabled"),
     ("journal:\n  fsync_interval_seconds: fast\n", "journal.fsync_interval_seconds"),
     ("journal:\n  fsync: sometimes\n", "journal.fsync"),
+    ("journal:\n  end_runs_on_sigterm: 'yes'\n", "journal.end_runs_on_sigterm"),
     ("ingest:\n  watch:\n    polling: 1\n", "ingest.watch.polling"),
     ("ingest:\n  extra_roots: [1]\n", "ingest.extra_roots[0]"),
     ("tracking:\n  backend_store_uri: data/mlruns\n", "tracking.backend_store_uri"),

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from formula_foundry.tracking.events import decode_metric_value
 from formula_foundry.tracking.journal import JournalReader
 from tests.conftest import subprocess_env
@@ -99,3 +101,101 @@ def test_sigterm_leaves_the_run_without_an_end(project: Path):
     counts = [int(line) for line in out.split()]
     records = _check_complete_prefix(journal, counts[-1] if counts else 1000)
     assert records[-1]["type"] != "run_end"
+
+
+# --------------------------------------------------------------------------- journal.end_runs_on_sigterm (opt-in)
+
+def _opt_in(project: Path) -> Path:
+    config = project / "config" / "mlflow.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["journal"]["end_runs_on_sigterm"] = True
+    config.write_text(yaml.safe_dump(data))
+    return project
+
+
+def test_opted_in_sigterm_mid_stream_ends_the_run_killed(project: Path):
+    """With end_runs_on_sigterm, SIGTERM at random moments: the ``with`` block ends the run KILLED
+    (error "SIGTERM"), the journal stays contiguous, and the process exits 143 (128 + SIGTERM)."""
+    _opt_in(project)
+    rng = random.Random(15)
+    for _trial in range(5):
+        proc, journal = _start(project)
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        counts = [int(line) for line in out.split()]
+        records = _check_complete_prefix(journal, counts[-1] if counts else 1000)
+        assert (records[-1]["type"], records[-1]["status"], records[-1]["error"]) == ("run_end", "KILLED", "SIGTERM")
+        assert journal.read_bytes().endswith(b"\n")
+
+
+# Runs outside any ``with`` block: a parent, a nested child and an attached segment, all left open.
+OPEN_RUNS = r"""
+import signal, sys, time
+from formula_foundry.tracking import get_tracker
+
+tracker = get_tracker()
+parent = tracker.start_run(run_name="parent")
+child = tracker.start_run(run_name="child", nested=True)
+segment = tracker.attach_run(parent.run_id)
+print(signal.getsignal(signal.SIGTERM).__name__, flush=True)
+i = 0
+while True:
+    child.log_metric("loss", i * 0.5, step=i)
+    segment.log_metric("rank1", 1.0, step=i)
+    i += 1
+    if i == 100:
+        print("logging", flush=True)
+"""
+
+
+def test_opted_in_sigterm_ends_runs_outside_with_blocks_at_exit(project: Path):
+    """Runs never put in a ``with`` block are ended KILLED by the exit hook: parent, child, segment."""
+    _opt_in(project)
+    proc = subprocess.Popen([sys.executable, "-c", OPEN_RUNS], cwd=project, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "_on_sigterm", proc.stderr.read()
+    assert proc.stdout.readline().strip() == "logging", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    ends = {}
+    for path in (project / "data" / "runs").rglob("*.jsonl"):
+        records = list(JournalReader(path).records())
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        head, last = records[0], records[-1]
+        ends[head.get("run_name") or head["type"]] = (last["type"], last.get("status"))
+    assert ends == {"parent": ("run_end", "KILLED"), "child": ("run_end", "KILLED"),
+                    "run_attach": ("segment_end", None)}
+
+
+# A program with a SIGTERM handler of its own: the tracker must leave it in place.
+OWN_HANDLER = r"""
+import signal, time
+from formula_foundry.tracking import get_tracker
+
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+with get_tracker().start_run(run_name="own-handler") as run:
+    print(run.journal_path, flush=True)
+    while not stop:
+        run.log_metric("loss", 1.0)
+        time.sleep(0.001)
+    print("stopped by my handler", flush=True)
+"""
+
+
+def test_opted_in_sigterm_leaves_the_programs_own_handler(project: Path):
+    _opt_in(project)
+    proc = subprocess.Popen([sys.executable, "-c", OWN_HANDLER], cwd=project, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = Path(proc.stdout.readline().strip())
+    assert journal.is_file(), proc.stderr.read()
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped by my handler" in out
+    last = list(JournalReader(journal).records())[-1]
+    assert (last["type"], last["status"]) == ("run_end", "FINISHED")

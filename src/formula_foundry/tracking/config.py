@@ -79,6 +79,7 @@ class JournalConfig:
     fsync: str = "interval"
     fsync_interval_seconds: float = 1.0
     on_write_error: str = "raise"
+    end_runs_on_sigterm: bool = False  # opt-in: SIGTERM ends the process's open runs KILLED, then exits 143
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ _JOURNAL: _Spec = {
     "fsync": (str, FSYNC_POLICIES, False),
     "fsync_interval_seconds": ((int, float), None, False),
     "on_write_error": (str, WRITE_ERROR_POLICIES, False),
+    "end_runs_on_sigterm": (bool, None, False),
 }
 _INGEST: _Spec = {
     "state_dir": (str, None, True),
@@ -311,6 +313,7 @@ def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None
         fsync=journal.get("fsync", JournalConfig.fsync),
         fsync_interval_seconds=float(journal.get("fsync_interval_seconds", 1.0)),
         on_write_error=journal.get("on_write_error", JournalConfig.on_write_error),
+        end_runs_on_sigterm=journal.get("end_runs_on_sigterm", JournalConfig.end_runs_on_sigterm),
     )
     ingest_cfg = IngestConfig(
         state_dir=_resolve_path(ingest.get("state_dir", IngestConfig.state_dir), root),

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,8 @@ class Run:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
             self.end("KILLED", error="KeyboardInterrupt")
+        elif issubclass(exc_type, Terminated):
+            self.end("KILLED", error="SIGTERM")
         else:
             self.end("FAILED", error=f"{exc_type.__name__}: {exc}")
 
@@ -280,6 +283,7 @@ class Tracker:
         self._stack: list[Run] = []
         self._attached: list[Run] = []  # open segments (attach_run): ended at exit too
         self._lock = threading.Lock()
+        _live_trackers.add(self)  # for the exit hook, however the tracker was made
 
     @property
     def enabled(self) -> bool:
@@ -299,6 +303,8 @@ class Tracker:
         """
         if not self.enabled:
             return NoopRun(run_name)
+        if self.config.journal.end_runs_on_sigterm:
+            _install_sigterm_handler()
         if run_name is not None and (not isinstance(run_name, str) or len(run_name) > _MAX_RUN_NAME
                                      or not _is_text(run_name)):
             raise ValidationError(f"run_name must be a string of at most {_MAX_RUN_NAME} characters, got "
@@ -373,6 +379,8 @@ class Tracker:
         """
         if not self.enabled:
             return NoopRun()
+        if self.config.journal.end_runs_on_sigterm:
+            _install_sigterm_handler()
         if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
             raise ValidationError(f"run_id {run_id!r} is not a producer run id (32 hex digits)",
                                   key="run_id", rule="run-id")
@@ -461,7 +469,56 @@ def get_tracker(config: Config | Path | str | None = None) -> Tracker:
         return tracker
 
 
+_live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
 @atexit.register
 def _end_open_runs() -> None:
-    for tracker in list(_trackers.values()):
-        tracker.end_all("FINISHED")
+    """At interpreter exit: open runs end FINISHED, or KILLED when SIGTERM is why the process exits."""
+    status = "KILLED" if _terminated_by is not None else "FINISHED"
+    for tracker in list(_live_trackers):
+        tracker.end_all(status)
+
+
+# --------------------------------------------------------------------------- SIGTERM (opt-in)
+
+class Terminated(SystemExit):
+    """Raised in the main thread by the SIGTERM handler that ``journal.end_runs_on_sigterm`` installs.
+
+    A ``SystemExit`` (exit status 143 = 128 + SIGTERM): ``with`` blocks and
+    ``finally`` clauses run, a ``with tracker.start_run()`` block ends its run
+    KILLED, the exit hook ends every other open run KILLED, and the process
+    exits. ``except Exception`` does not catch it.
+    """
+
+
+_terminated_by: int | None = None  # the signal number, once the handler has run
+
+
+def _on_sigterm(signum: int, _frame) -> None:
+    """One shot: the first SIGTERM unwinds; a second one, while that takes its time, kills at once."""
+    import signal
+
+    global _terminated_by
+    _terminated_by = signum
+    signal.signal(signum, signal.SIG_DFL)
+    raise Terminated(128 + signum)
+
+
+def _install_sigterm_handler() -> bool:
+    """Install :func:`_on_sigterm` once; True if it is (now) the SIGTERM handler.
+
+    Only from the main thread (Python's rule for handlers), and only over the
+    default action: a program that set its own handler, or ignores SIGTERM, keeps it.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return True
+    if current not in (signal.SIG_DFL, None) or _terminated_by is not None:
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
