@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from formula_foundry.tracking import framing
-from formula_foundry.tracking.framing import FrameError, frame, unframe
+from formula_foundry.tracking.framing import FrameError, frame, unframe, unframe_all
 
 RECORD = {"v": 1, "seq": 7, "ts": 1763913600123, "type": "metric", "key": "loss", "value": 0.25, "step": 3}
 
@@ -105,3 +105,32 @@ def test_matching_checksum_but_not_json_is_refused():
     with pytest.raises(FrameError, match="invalid JSON"):
         unframe(line)
 
+
+
+def _with_crc(body: bytes) -> bytes:
+    """A line whose checksum matches ``body + b"}"``, whatever the body is."""
+    return b'%s,"crc":"%08x"}' % (body, zlib.crc32(body + b"}"))
+
+
+def test_unframe_all_decodes_what_unframe_decodes():
+    lines = [frame({"v": 1, "seq": i, "type": "metric", "key": "k", "value": i / 3, "s": "\u00e9\n\"}"})[:-1]
+             for i in range(50)]
+    assert unframe_all(lines) == [unframe(line) for line in lines]
+
+
+@pytest.mark.parametrize("bad", [
+    b"",  # blank
+    b'{"v":1}',  # no suffix
+    _with_crc(b'{"a":1,,'),  # checksum fine, JSON not
+    _with_crc(b'{"a":1},{"b":2'),  # two objects in one line
+    _with_crc(b'{"a":"x'),  # a string that would swallow the next line's start
+    b'{"a":1,"crc":"zzzzzzzz"}',  # not hexadecimal
+    b'{"a":1,"crc":"00000000"}',  # mismatch
+    frame({"a": 1})[:-2] + b"]",  # the closing brace replaced
+])
+def test_unframe_all_refuses_a_batch_holding_any_line_unframe_refuses(bad: bytes):
+    good = [frame({"v": 1, "seq": i})[:-1] for i in range(5)]
+    with pytest.raises(FrameError):
+        unframe(bad)
+    assert unframe_all(good[:2] + [bad] + good[2:]) is None
+    assert unframe_all(good) is not None

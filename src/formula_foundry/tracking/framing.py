@@ -21,7 +21,7 @@ import zlib
 
 import orjson
 
-__all__ = ["FrameError", "frame", "unframe"]
+__all__ = ["FrameError", "frame", "unframe", "unframe_all"]
 
 _SUFFIX_HEAD = b',"crc":"'
 _SUFFIX_LEN = len(_SUFFIX_HEAD) + 8 + 2  # ,"crc":" + 8 hex + "}
@@ -57,3 +57,28 @@ def unframe(line: bytes) -> dict:
     if not isinstance(record, dict):
         raise FrameError("record is not a JSON object")
     return record
+
+
+def unframe_all(lines: list[bytes]) -> list[dict] | None:
+    """:func:`unframe` of every line at once, or None if any line might fail it.
+
+    The fast path of a reader: the suffixes and checksums of all lines in a few
+    list passes, then one JSON parse of the checked bodies joined into an array
+    (each body is a verified object; the count guards the joins). None promises
+    nothing about which line is wrong: the caller unframes line by line to learn
+    which and why. Never accepts a line that :func:`unframe` refuses.
+    """
+    n = len(lines)
+    try:
+        if ([line[-_SUFFIX_LEN:-10] for line in lines].count(_SUFFIX_HEAD) != n
+                or [line[-2:] for line in lines].count(b'"}') != n):
+            return None
+        bodies = [line[:-_SUFFIX_LEN] for line in lines]
+        if [_crc32(b"}", _crc32(body)) for body in bodies] != [int(line[-10:-2], 16) for line in lines]:
+            return None
+        records = orjson.loads(b"[" + b"},".join(bodies) + b"}]")
+    except ValueError:  # a checksum that is not hexadecimal; JSON that does not parse
+        return None
+    if type(records) is not list or len(records) != n or list(map(type, records)).count(dict) != n:
+        return None
+    return records
