@@ -61,31 +61,30 @@ def _check_complete_prefix(journal: Path, promised: int) -> list[dict]:
     return records
 
 
-def test_sigkill_mid_stream_loses_nothing_that_returned(project: Path):
-    """SIGKILL at random moments: the complete records read back, seq contiguous, nothing promised lost."""
-    rng = random.Random(20261123)
-    for _trial in range(4):
+def _signal_mid_stream(project: Path, sig: int, *, seed: int, trials: int):
+    """Per trial: start the producer, send ``sig`` at a random moment, check the journal's complete
+    prefix; yields (exit status, stderr, records, journal path)."""
+    rng = random.Random(seed)
+    for _trial in range(trials):
         proc, journal = _start(project)
         time.sleep(rng.uniform(0.0, 0.15))
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
         counts = [int(line) for line in out.split()]
-        records = _check_complete_prefix(journal, counts[-1] if counts else 1000)
+        yield proc.returncode, err, _check_complete_prefix(journal, counts[-1] if counts else 1000), journal
+
+
+def test_sigkill_mid_stream_loses_nothing_that_returned(project: Path):
+    """SIGKILL at random moments: the complete records read back, seq contiguous, nothing promised lost."""
+    for status, _err, records, _journal in _signal_mid_stream(project, signal.SIGKILL, seed=20261123, trials=4):
+        assert status == -signal.SIGKILL
         assert records[-1]["type"] != "run_end"  # the producer died: the run has no end
 
 
 def test_sigint_mid_stream_ends_the_run_killed(project: Path):
     """SIGINT (Ctrl-C) at random moments: the run ends KILLED and the journal stays contiguous."""
-    rng = random.Random(7)
-    for _trial in range(6):
-        proc, journal = _start(project)
-        time.sleep(rng.uniform(0.0, 0.15))
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode != 0 and "KeyboardInterrupt" in err
-        counts = [int(line) for line in out.split()]
-        records = _check_complete_prefix(journal, counts[-1] if counts else 1000)
+    for status, err, records, journal in _signal_mid_stream(project, signal.SIGINT, seed=7, trials=6):
+        assert status != 0 and "KeyboardInterrupt" in err
         assert records[-1]["type"] == "run_end"
         assert records[-1]["status"] == "KILLED"
         assert journal.read_bytes().endswith(b"\n")
@@ -117,15 +116,8 @@ def test_opted_in_sigterm_mid_stream_ends_the_run_killed(project: Path):
     """With end_runs_on_sigterm, SIGTERM at random moments: the ``with`` block ends the run KILLED
     (error "SIGTERM"), the journal stays contiguous, and the process exits 143 (128 + SIGTERM)."""
     _opt_in(project)
-    rng = random.Random(15)
-    for _trial in range(5):
-        proc, journal = _start(project)
-        time.sleep(rng.uniform(0.0, 0.15))
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 128 + signal.SIGTERM, err
-        counts = [int(line) for line in out.split()]
-        records = _check_complete_prefix(journal, counts[-1] if counts else 1000)
+    for status, err, records, journal in _signal_mid_stream(project, signal.SIGTERM, seed=15, trials=5):
+        assert status == 128 + signal.SIGTERM, err
         assert (records[-1]["type"], records[-1]["status"], records[-1]["error"]) == ("run_end", "KILLED", "SIGTERM")
         assert journal.read_bytes().endswith(b"\n")
 
