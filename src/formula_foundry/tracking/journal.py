@@ -282,7 +282,7 @@ class Chunk:
         self._first_line = first_line
         self._starts: list[int] | int = start  # the first line's byte offset; then every line's
         self._line_nos: list[int] | None = None  # set when the lines are not consecutive
-        self.kinds: tuple[str, ...] | list[str] | None = None  # each record's "type", when known
+        self.kinds: tuple[str, ...] | list[str] = ()  # each record's "type" (set by the reader)
         self.metric_timestamps = True  # False: no record has an "mts" member (a metric's own timestamp)
 
     @classmethod
@@ -290,6 +290,7 @@ class Chunk:
         """Records of lines that need not be consecutive (corrupt lines skipped between them)."""
         chunk = cls(records, lines, start=0, first_line=0)
         chunk._starts, chunk._line_nos = starts, line_nos
+        chunk.kinds = [record["type"] for record in records]
         return chunk
 
     def __len__(self) -> int:
