@@ -65,6 +65,19 @@ def store_project(project: Path, template_store: Path) -> Path:
     return project
 
 
+def imported_names(module) -> list[str]:
+    """Every module name ``module``'s source imports (``import a.b`` -> ``a.b``; ``from a import b`` -> ``a``)."""
+    import ast
+
+    names: list[str] = []
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
 def run_ff_ingest(project: Path, *args: str) -> int:
     """Run ff-ingest in-process against ``project``'s config; returns its exit code."""
     from formula_foundry.tracking.ingest.cli import main

@@ -22,6 +22,7 @@ from formula_foundry.tracking.acceptance import (
     parse_expression,
     render_report,
 )
+from tests.conftest import imported_names
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = ",".join(REGISTRY_COLUMNS)
@@ -495,16 +496,9 @@ def test_metric_names_in_first_use_order() -> None:
 
 def test_module_is_pure_and_never_evaluates_code() -> None:
     """acceptance imports only the stdlib and formula_foundry; it never calls eval/exec/compile."""
-    tree = ast.parse(Path(acceptance.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            names = []
-        for name in names:
-            assert name.split(".")[0] in sys.stdlib_module_names or name.startswith("formula_foundry."), name
+    for name in imported_names(acceptance):
+        assert name.split(".")[0] in sys.stdlib_module_names or name.startswith("formula_foundry."), name
+    for node in ast.walk(ast.parse(Path(acceptance.__file__).read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id not in {"eval", "exec", "compile", "__import__"}, node.func.id
 

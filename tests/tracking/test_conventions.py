@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,6 +15,7 @@ from formula_foundry.tracking.conventions import (
     experiment_for_milestone,
     normalize_milestone,
 )
+from tests.conftest import imported_names
 
 
 def test_convention_tags_are_seed_003s() -> None:
@@ -123,14 +122,5 @@ def test_convention_tags_reject_unknown_milestone() -> None:
 
 def test_module_is_pure() -> None:
     """conventions imports only the stdlib and formula_foundry.errors (never mlflow)."""
-    tree = ast.parse(Path(conventions.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        for name in names:
-            top = name.split(".")[0]
-            assert top in sys.stdlib_module_names or name == "formula_foundry.errors", name
+    for name in imported_names(conventions):
+        assert name.split(".")[0] in sys.stdlib_module_names or name == "formula_foundry.errors", name
