@@ -48,7 +48,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def template_store(tmp_path_factory) -> Path:
     """One migrated MLflow SQLite store per test session (creating one runs every migration: seconds)."""
     pytest.importorskip("mlflow")
-    from formula_foundry.tracking.ingest.store_init import ensure_sqlite_store
+    from formula_foundry.tracking.ingest.stores.store_init import ensure_sqlite_store
 
     folder = tmp_path_factory.mktemp("template-store")
     db = folder / "mlruns.db"
@@ -115,7 +115,7 @@ def postgres_admin() -> str:
         with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
-        from formula_foundry.tracking.ingest.checkpoints import redact_uri
+        from formula_foundry.tracking.ingest.uri import redact as redact_uri
 
         reason = (f"PostgreSQL not reachable at {redact_uri(POSTGRES_ADMIN_URL)} "
                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")

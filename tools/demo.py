@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rc = 0
     if not args.no_ingest:
-        from formula_foundry.tracking.ingest.cli import EXIT_JOURNAL_ERRORS, EXIT_LOCKED
+        from formula_foundry.tracking.ingest.cli.app import EXIT_JOURNAL_ERRORS, EXIT_LOCKED
         from formula_foundry.tracking.ingest.cli import main as ff_ingest
 
         t1 = time.perf_counter()

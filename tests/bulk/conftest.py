@@ -358,7 +358,10 @@ def child_env(**extra: str) -> dict[str, str]:
 # ``run <json: [log path, args...]>`` -> pid; ``wait <pid>`` -> exit status.
 _LAUNCHER = textwrap.dedent("""
     import json, os, sys
-    from formula_foundry.tracking.ingest import bulk_sink, checkpoints, cli, connect, mlflow_sink, plan, replay  # noqa
+    from formula_foundry.tracking.ingest import cli, plan, replay  # noqa
+    from formula_foundry.tracking.ingest.cli import app  # noqa
+    from formula_foundry.tracking.ingest.stores import checkpoints, connect, mlflow_api  # noqa
+    from formula_foundry.tracking.ingest.stores.bulk import sink as bulk_sink  # noqa
     import mlflow.store.tracking.sqlalchemy_store  # noqa: the slow part of a cold start
     import sqlalchemy.dialects.postgresql, sqlalchemy.dialects.sqlite  # noqa
     try:

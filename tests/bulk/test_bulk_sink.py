@@ -71,19 +71,19 @@ def test_verified_revisions_include_the_installed_mlflow_head():
     """An MLflow upgrade that moves the schema head fails here first: re-verify, then pin the new head."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    from formula_foundry.tracking.ingest.bulk_sink import VERIFIED_REVISIONS
+    from formula_foundry.tracking.ingest.stores.bulk.schema import VERIFIED_REVISIONS
 
     assert _get_latest_schema_revision() in VERIFIED_REVISIONS
 
 
 def test_mlflows_models_have_the_columns_the_bulk_sink_writes():
-    from formula_foundry.tracking.ingest.bulk_sink import model_problem
+    from formula_foundry.tracking.ingest.stores.bulk.schema import model_problem
 
     assert model_problem() is None
 
 
 def test_revision_problem_names_the_revision():
-    from formula_foundry.tracking.ingest.bulk_sink import VERIFIED_REVISIONS, revision_problem
+    from formula_foundry.tracking.ingest.stores.bulk.schema import VERIFIED_REVISIONS, revision_problem
 
     head = VERIFIED_REVISIONS[-1]
     assert revision_problem([head], head) is None
@@ -97,7 +97,7 @@ def test_non_sql_store_falls_back_or_refuses(project, caplog):
     """auto: a store the bulk sink does not support is a one-line notice; bulk: an error."""
     from formula_foundry.errors import IngestError
     from formula_foundry.tracking import load_config
-    from formula_foundry.tracking.ingest.bulk_sink import open_bulk_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_bulk_sink
 
     cfg = load_config(project / "config" / "mlflow.yaml")
     with caplog.at_level(logging.WARNING, logger="formula_foundry.ingest"):
@@ -159,8 +159,8 @@ def test_replay_over_a_complete_store_changes_nothing(store_project, capsys):
 def test_switching_from_the_api_sink_resumes_from_its_checkpoints(store_project, capsys):
     """Journals ingested by the API sink are not replayed by the bulk sink; status reads the table."""
     from formula_foundry.tracking import load_config
-    from formula_foundry.tracking.ingest.bulk_sink import BulkCheckpoints
-    from formula_foundry.tracking.ingest.connect import open_checkpoints
+    from formula_foundry.tracking.ingest.stores.checkpoints import SqlCheckpoints
+    from formula_foundry.tracking.ingest.stores.connect import open_checkpoints
 
     t = tracker(store_project)
     with t.start_run("first", experiment_name="switch") as run:
@@ -175,7 +175,7 @@ def test_switching_from_the_api_sink_resumes_from_its_checkpoints(store_project,
     assert sorted(states.values()) == [("ingested", 3), ("up-to-date", 0)]
     store = open_checkpoints(load_config(store_project / "config" / "mlflow.yaml"))
     try:
-        assert isinstance(store, BulkCheckpoints)
+        assert isinstance(store, SqlCheckpoints)
         assert len(store.all()) == 2 and all(cp.ended for cp in store.all())
     finally:
         store.close()
@@ -188,7 +188,7 @@ def test_group_commit_keeps_data_and_checkpoints_together(store_project, tmp_pat
     checkpoints are visible; a crash (rollback) loses both; a commit publishes both."""
     from formula_foundry.tracking import load_config
     from formula_foundry.tracking.events import MetricPoint
-    from formula_foundry.tracking.ingest.bulk_sink import open_bulk_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_bulk_sink
     from formula_foundry.tracking.ingest.sink import Batch, Checkpoint
     from formula_foundry.tracking.journal import ReadPosition
 
@@ -230,7 +230,7 @@ def test_deleted_run_refuses_data_as_mlflow_does(store_project, tmp_path):
     from formula_foundry.errors import StoreRejectedError
     from formula_foundry.tracking import load_config
     from formula_foundry.tracking.events import MetricPoint
-    from formula_foundry.tracking.ingest.bulk_sink import open_bulk_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_bulk_sink
     from formula_foundry.tracking.ingest.sink import Batch, Checkpoint
 
     cfg = load_config(store_project / "config" / "mlflow.yaml")
@@ -258,7 +258,7 @@ def test_latest_metrics_follow_mlflows_rule_on_random_sequences(store_project, t
 
     from formula_foundry.tracking import load_config
     from formula_foundry.tracking.events import MetricPoint
-    from formula_foundry.tracking.ingest.bulk_sink import open_bulk_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_bulk_sink
     from formula_foundry.tracking.ingest.sink import Batch, Checkpoint
 
     rng = random.Random(11)
@@ -316,7 +316,7 @@ def test_set_status_ends_a_run_as_set_terminated_does(store_project, tmp_path):
 
     from formula_foundry.errors import StoreRejectedError
     from formula_foundry.tracking import load_config
-    from formula_foundry.tracking.ingest.bulk_sink import open_bulk_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_bulk_sink
 
     client = MlflowClient(store_uri(store_project))
     sink = open_bulk_sink(load_config(store_project / "config" / "mlflow.yaml"), store_uri(store_project),

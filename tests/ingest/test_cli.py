@@ -13,7 +13,7 @@ import pytest
 from formula_foundry import __version__
 from formula_foundry.tracking import load_config
 from formula_foundry.tracking.ingest.cli import INSTALL_HINT, main
-from formula_foundry.tracking.ingest.connect import IngesterLock, state_dir
+from formula_foundry.tracking.ingest.stores.connect import state_dir, store_lock
 from tests.conftest import mlflow_client, run_ff_ingest
 from tests.ingest import child_env, ingest, ingest_cmd, ingest_json, tracker
 
@@ -107,7 +107,7 @@ def test_exit_5_when_another_ingester_holds_the_lock(store_project, capsys):
     one_run(store_project)
     cfg = load_config(store_project / "config" / "mlflow.yaml")
     uri = cfg.tracking.backend_store_uri
-    with IngesterLock(state_dir(cfg, uri), what=uri) as lock:
+    with store_lock(cfg, uri) as lock:
         capsys.readouterr()
         assert ingest(store_project) == 5
         err = capsys.readouterr().err

@@ -66,7 +66,9 @@ ORPHAN = textwrap.dedent("""
 # Imports ff-ingest once, then forks one ingester per request; the test kills the child with SIGKILL.
 LAUNCHER = textwrap.dedent("""
     import json, os, sys, threading
-    from formula_foundry.tracking.ingest import checkpoints, cli, connect, mlflow_sink, plan, replay  # noqa
+    from formula_foundry.tracking.ingest import cli, plan, replay  # noqa
+    from formula_foundry.tracking.ingest.cli import app  # noqa
+    from formula_foundry.tracking.ingest.stores import checkpoints, connect, mlflow_api  # noqa
     import mlflow.store.tracking.sqlalchemy_store  # noqa: the slow part of a cold start
     args, log = json.loads(sys.argv[1]), sys.argv[2]
     print("ready", threading.active_count(), flush=True)
@@ -161,7 +163,7 @@ class Checkpointed:
                 return 0
             self.con = sqlite3.connect(files[0], timeout=30, isolation_level=None)
         try:
-            return self.con.execute("SELECT COALESCE(SUM(records), 0) FROM journals").fetchone()[0]
+            return self.con.execute("SELECT COALESCE(SUM(records), 0) FROM ff_ingest_checkpoints").fetchone()[0]
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
@@ -175,7 +177,7 @@ class Checkpointed:
 def lock_holder_is(project: Path, pid: int) -> bool:
     for lock in (project / "data" / "mlflow" / "ingest").glob("*/ingester.lock"):
         try:
-            return lock.read_text().strip() == f"pid {pid}"
+            return lock.read_text().split()[:2] == ["pid", str(pid)]
         except OSError:
             return False
     return False

@@ -14,7 +14,7 @@ import pytest
 from formula_foundry.tracking.framing import frame
 from formula_foundry.tracking.ingest.plan import Limits
 from formula_foundry.tracking.ingest.replay import Replayer
-from formula_foundry.tracking.ingest.sink import MemorySink
+from tests.ingest.memory_sink import MemorySink
 
 T0 = 1_763_913_600_000
 A, B, C = "a" * 32, "b" * 32, "c" * 32

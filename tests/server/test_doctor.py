@@ -88,9 +88,10 @@ def test_missing_sqlite_store_is_a_warning_and_is_not_created(project, capsys):
 
 
 def test_config_error_is_a_failure(project, capsys):
+    """A config error fails the config check and exits 2, as every command's config error does."""
     (project / "config" / "mlflow.yaml").write_text("tracking:\n  colour: blue\n")
     code, report = _doctor(project, capsys)
-    assert code == 1
+    assert code == 2
     checks = _by_name(report)
     assert checks["config"]["status"] == "FAIL" and "tracking.colour" in checks["config"]["detail"]
     assert {c["status"] for name, c in checks.items() if name != "config"} == {"SKIP"}

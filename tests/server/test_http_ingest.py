@@ -100,12 +100,12 @@ def test_lock_message_and_state_key_carry_no_password(project, capsys):
     """Another ingester holds the store's lock: exit 5 naming the store with ***. The state
     folder of a URI with a password keeps the port (two servers on one host are two stores)."""
     from formula_foundry.tracking.config import load_config
-    from formula_foundry.tracking.ingest.checkpoints import store_key
-    from formula_foundry.tracking.ingest.connect import IngesterLock, state_dir
+    from formula_foundry.tracking.ingest.uri import store_key
+    from formula_foundry.tracking.ingest.stores.connect import state_dir, store_lock
 
     url = f"http://ff:{SECRET}@127.0.0.1:{free_port()}"
     cfg = load_config(project / "config" / "mlflow.yaml")
-    with IngesterLock(state_dir(cfg, url), what="the test"):
+    with store_lock(cfg, url):
         capsys.readouterr()
         assert run_ff_ingest(project, "--tracking-uri", url) == 5
     out = capsys.readouterr()

@@ -153,3 +153,77 @@ def test_ensure_dirs_creates_data_mlflow(project: Path):
     cfg.ensure_dirs()
     assert (project / "data" / "mlflow" / "artifacts").is_dir()
     assert cfg.ingest.state_dir.is_dir()
+
+
+# --------------------------------------------------------------------------- schema = the dataclasses
+
+SECTIONS = {"tracking": "TrackingConfig", "journal": "JournalConfig", "ingest": "IngestConfig",
+            "ingest.watch": "WatchConfig"}
+
+
+def _section_classes():
+    from formula_foundry.tracking import config as module
+
+    return {prefix: getattr(module, name) for prefix, name in SECTIONS.items()}
+
+
+def _plain(value):
+    """A dataclass default as YAML would write it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_every_dataclass_field_is_a_key_with_its_default(project: Path):
+    """Writing every field's default into the file gives the same Config as an empty file:
+    the keys and defaults the loader knows are exactly the dataclasses' fields."""
+    data: dict = {}
+    for prefix, cls in _section_classes().items():
+        target = data
+        for part in prefix.split("."):
+            target = target.setdefault(part, {})
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:  # not the nested section (ingest.watch)
+                target[f.name] = _plain(f.default)
+    import yaml
+
+    full = load_config(_write(project, yaml.safe_dump(data)), env={})
+    empty = load_config(_write(project, ""), env={})
+    assert full == empty
+    assert empty.ingest.watch == _section_classes()["ingest.watch"]()  # defaults are the dataclass's own
+
+
+@pytest.mark.parametrize("prefix", sorted(SECTIONS))
+def test_unknown_key_lists_the_dataclass_fields(project: Path, prefix: str):
+    """The "known keys" of each section are its dataclass's field names."""
+    cls = _section_classes()[prefix]
+    nested = "".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(prefix.split(".")))
+    path = _write(project, nested + "  " * len(prefix.split(".")) + "no_such_key: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+    assert str(err.value).endswith(f"unknown key (known keys: {known})")
+
+
+def test_docs_state_the_dataclass_defaults_and_ranges():
+    """docs/configuration.md restates each key's default and range; they agree with the dataclasses."""
+    import re
+
+    import yaml
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    for prefix, cls in _section_classes().items():
+        shown = prefix.split(".", 1)[1] + "." if prefix.startswith("ingest.") else ""
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING:  # the nested section (ingest.watch)
+                continue
+            row = re.search(rf"^\| `{re.escape(shown + f.name)}` \| `([^`]*)` \|", doc, re.M)
+            assert row, f"{prefix}.{f.name} has no row in docs/configuration.md"
+            assert yaml.safe_load(row.group(1)) == _plain(f.default), f"{prefix}.{f.name}"
+            bounds = f.metadata["config"].bounds
+            if bounds is not None:
+                lo, hi = bounds
+                row = f"| `{prefix}.{f.name}` | {lo:.15g} – {hi:.15g} |"
+                assert row in doc.replace(" (365 days)", ""), f"{prefix}.{f.name}: range not documented"

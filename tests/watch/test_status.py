@@ -132,7 +132,7 @@ def test_status_table_shows_states_and_errors(scene, capsys):
 def test_status_running_turns_stale_only_after_stale_after(scene, capsys):
     """The threshold comes from ingest.watch.stale_after_seconds; the producer must be gone too."""
     _, cfg, runs = scene
-    from formula_foundry.tracking.ingest.status import collect
+    from formula_foundry.tracking.ingest.cli.status import collect
 
     report = collect(cfg, now=time.time() + 10_000)  # long after every append
     state = {j.run_id: j.state for j in report.journals}
@@ -145,9 +145,9 @@ def test_status_running_turns_stale_only_after_stale_after(scene, capsys):
 def test_status_shows_a_running_daemon(scene, capsys):
     """The pid in the store's lock file, when that process lives, is reported."""
     project, cfg, _ = scene
-    from formula_foundry.tracking.ingest.connect import IngesterLock, state_dir
+    from formula_foundry.tracking.ingest.stores.connect import state_dir, store_lock
 
-    with IngesterLock(state_dir(cfg, cfg.tracking.backend_store_uri), what="test"):
+    with store_lock(cfg, cfg.tracking.backend_store_uri):
         _, report = _status_json(project, capsys)
     assert report["daemon"] == {"running": True, "pid": os.getpid()}
 
@@ -159,7 +159,7 @@ def test_status_needs_neither_the_store_nor_mlflow(store_project):
     code = (
         "import json, sys\n"
         "from formula_foundry.tracking.config import load_config\n"
-        "from formula_foundry.tracking.ingest.status import collect\n"
+        "from formula_foundry.tracking.ingest.cli.status import collect\n"
         f"report = collect(load_config({str(store_project / 'config' / 'mlflow.yaml')!r}), "
         "'http://127.0.0.1:9')\n"
         "print(json.dumps([j.state for j in report.journals]), 'mlflow' in sys.modules)\n"
@@ -171,7 +171,7 @@ def test_status_needs_neither_the_store_nor_mlflow(store_project):
 
 def test_status_of_a_store_never_ingested_creates_nothing(store_project, capsys):
     """Looking is read-only: no checkpoint file, no state folder appear for a store nobody ingested."""
-    from formula_foundry.tracking.ingest.connect import state_dir
+    from formula_foundry.tracking.ingest.stores.connect import state_dir
 
     cfg = load_config(store_project / "config" / "mlflow.yaml")
     _run(cfg, "a", steps=2)

@@ -28,7 +28,7 @@ from formula_foundry.errors import StoreUnavailableError
 from formula_foundry.tracking.config import WatchConfig, load_config
 from formula_foundry.tracking.ingest.plan import Limits
 from formula_foundry.tracking.ingest.replay import Replayer
-from formula_foundry.tracking.ingest.sink import MemorySink
+from tests.ingest.memory_sink import MemorySink
 from formula_foundry.tracking.ingest.watch import Follower, format_event
 from formula_foundry.tracking.tracker import Tracker
 from tests.conftest import REPO, run_ff_ingest, subprocess_env

@@ -109,7 +109,7 @@ def _metric_rows(journal: Path):
 
 def _ingest_replay(journal: Path, store: Path, work: Path, sink_kind: str) -> tuple[float, int]:
     from formula_foundry.tracking.config import load_config
-    from formula_foundry.tracking.ingest.connect import open_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_sink
     from formula_foundry.tracking.ingest.replay import Replayer
 
     cfg = load_config(write_project(work, store_db=store))
@@ -127,42 +127,43 @@ def _ingest_replay(journal: Path, store: Path, work: Path, sink_kind: str) -> tu
     return seconds, report.records - 3  # minus run_start, the param and run_end
 
 
-class _NullSink:
-    """Discards everything: what reading, verifying and batching cost on their own."""
+def _null_sink():
+    """A sink that discards everything: what reading, verifying and batching cost on their own."""
+    from formula_foundry.tracking.ingest.sink import RunInfo, Sink
+    from formula_foundry.tracking.ingest.stores.checkpoints import MemoryCheckpoints
 
-    kind = "null"
-    absorbs_repeated_metrics = True  # batch as for the bulk sink (no in-batch dedupe)
+    class NullSink(Sink):
+        kind = "null"
+        display_uri = "null:"
+        absorbs_repeated_metrics = True  # batch as for the bulk sink (no in-batch dedupe)
 
-    def __init__(self) -> None:
-        from formula_foundry.tracking.ingest.sink import MemoryCheckpoints, RunInfo
+        def __init__(self) -> None:
+            self.checkpoints = MemoryCheckpoints()
+            self._info = RunInfo("0" * 32, "1")
 
-        self.checkpoints = MemoryCheckpoints()
-        self._info = RunInfo("0" * 32, "1")
+        def experiment_id(self, name):
+            return "1"
 
-    def experiment_id(self, name):
-        return "1"
+        def find_run(self, run_id, experiment_id=None):
+            return None
 
-    def find_run(self, run_id, experiment_id=None):
-        return None
+        def create_run(self, **kwargs):
+            return self._info
 
-    def create_run(self, **kwargs):
-        return self._info
+        def existing_params(self, mlflow_run_id):
+            return {}
 
-    def existing_params(self, mlflow_run_id):
-        return {}
+        def commit(self, mlflow_run_id, batch, checkpoint) -> None:
+            self.checkpoints.put(checkpoint)
 
-    def commit(self, mlflow_run_id, batch, checkpoint) -> None:
-        self.checkpoints.put(checkpoint)
-
-    def close(self) -> None:
-        pass
+    return NullSink()
 
 
 def _ingest_null(journal: Path, store: Path, work: Path) -> tuple[float, int]:
     from formula_foundry.tracking.ingest.replay import Replayer
 
     start = time.perf_counter()
-    report = Replayer(_NullSink()).ingest([journal])
+    report = Replayer(_null_sink()).ingest([journal])
     return time.perf_counter() - start, report.records - 3
 
 
@@ -235,7 +236,7 @@ def child(argv: list[str]) -> dict:
     parser.add_argument("--template", required=True)
     parser.add_argument("--work", required=True)
     args = parser.parse_args(argv)
-    from formula_foundry.tracking.ingest.mlflow_sink import quiet_mlflow_logs
+    from formula_foundry.tracking.ingest.stores.mlflow_api import quiet_mlflow_logs
 
     quiet_mlflow_logs()
     logging.getLogger("formula_foundry").setLevel(logging.ERROR)

@@ -81,7 +81,7 @@ def make_journal(folder: Path, n: int) -> Path:
 
 def _ingest_ours(journal: Path, store: Path, work: Path) -> tuple[float, int]:
     from formula_foundry.tracking.config import load_config
-    from formula_foundry.tracking.ingest.connect import open_sink
+    from formula_foundry.tracking.ingest.stores.connect import open_sink
     from formula_foundry.tracking.ingest.replay import Replayer
 
     cfg = load_config(write_project(work, store_db=store))
@@ -132,7 +132,7 @@ def _ingest_bare(journal: Path, store: Path, work: Path) -> tuple[float, int]:
 def child_ingest(args: argparse.Namespace) -> dict:
     import logging
 
-    from formula_foundry.tracking.ingest.mlflow_sink import quiet_mlflow_logs
+    from formula_foundry.tracking.ingest.stores.mlflow_api import quiet_mlflow_logs
 
     quiet_mlflow_logs()
     logging.getLogger("formula_foundry").setLevel(logging.ERROR)

@@ -254,7 +254,7 @@ def template_store() -> Path:
 
     Creating a store runs every MLflow migration (seconds); each benchmark run
     copies this file instead. Built under a lock and renamed into place by
-    :func:`~formula_foundry.tracking.ingest.store_init.ensure_sqlite_store`, so a
+    :func:`~formula_foundry.tracking.ingest.stores.store_init.ensure_sqlite_store`, so a
     cached file is always complete. Runs in a child so this process never imports MLflow.
     """
     cache = Path(tempfile.gettempdir()) / "ff-bench-cache" / f"mlflow-{machine_info()['mlflow']}"
@@ -263,7 +263,7 @@ def template_store() -> Path:
         return db
     cache.mkdir(parents=True, exist_ok=True)
     code = ("import sys; from pathlib import Path; "
-            "from formula_foundry.tracking.ingest.store_init import ensure_sqlite_store; "
+            "from formula_foundry.tracking.ingest.stores.store_init import ensure_sqlite_store; "
             "ensure_sqlite_store(Path(sys.argv[1]), Path(sys.argv[2]).as_uri())")
     subprocess.run([sys.executable, "-c", code, str(db), str(cache / "artifacts")], check=True,
                    env=child_env(), capture_output=True, timeout=600)

@@ -2,15 +2,23 @@
 
 The file has the seed-001 shape (a ``tracking`` section) plus ``journal`` and
 ``ingest`` sections. Every key is optional and has the default documented in
-``docs/configuration.md``; an unknown key or a value of the wrong type is a
+``docs/configuration.md``; an unknown key, a value of the wrong type, a number
+outside its range, a duplicate key or a value that would lose data is a
 :class:`~formula_foundry.errors.ConfigError` that names the file and the key.
+
+**The dataclasses below are the schema.** Each key is declared once, as a field
+of a frozen dataclass: its type annotation says what YAML value it takes, its
+default is the default, and its :func:`_key` metadata adds what a type cannot
+say (allowed values, a numeric range, a path to resolve, an environment
+override). The loader walks ``dataclasses.fields``; there is no second table.
 
 Relative paths (the SQLite file inside ``sqlite:///relative/path``, the
 artifact root, the journal root, the ingest state dir) resolve against the
 *project root*, the directory that holds ``config/``, never against the
 current directory, so every command behaves the same from anywhere.
 
-Environment overrides (applied after the file):
+Environment overrides (applied over the file; one set to the empty string
+counts as unset):
 
 =====================  ===============================
 ``FF_CONFIG``          path of the config file itself
@@ -19,15 +27,25 @@ Environment overrides (applied after the file):
 ``FF_JOURNAL_ROOT``    ``journal.root``
 ``FF_TRACKING_ENABLED`` ``tracking.enabled`` (``0``/``false`` disables)
 =====================  ===============================
+
+Refused because they would lose data or crash later (exit 2 in ``ff-ingest``):
+an empty tracking URI (MLflow would create ``mlflow.db`` in the current
+directory), an in-memory SQLite store (ingested and checkpointed, then
+discarded), NaN, infinity or an out-of-range number, and a key written twice in
+one mapping (YAML would silently keep the last one). :func:`check_tracking_uri`
+applies the URI rule to a URI from elsewhere (``--tracking-uri``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from formula_foundry.errors import ConfigError
 
@@ -38,6 +56,7 @@ __all__ = [
     "JournalConfig",
     "TrackingConfig",
     "WatchConfig",
+    "check_tracking_uri",
     "find_config",
     "load_config",
 ]
@@ -48,13 +67,46 @@ WRITE_ERROR_POLICIES = ("raise", "warn")
 SINKS = ("auto", "api", "bulk")
 STALE_ACTIONS = ("report", "fail", "kill")
 
+_DAY = 86_400.0
+
+
+# --------------------------------------------------------------------------- schema metadata
+
+class _Rule:
+    """What a key's type annotation cannot say (kept in the field's metadata).
+
+    A plain class rather than a dataclass: it is built at import time, which must stay cheap.
+    """
+
+    __slots__ = ("bounds", "choices", "env", "nonempty", "resolve")
+
+    def __init__(self, *, choices: tuple[str, ...] | None = None, bounds: tuple[float, float] | None = None,
+                 resolve: str | None = None, env: str | None = None, nonempty: bool = False) -> None:
+        self.choices = choices  # allowed values
+        self.bounds = bounds  # inclusive range of a number (which must also be finite)
+        self.resolve = resolve  # "path" | "location" (path or URI) | "store" (tracking URI)
+        self.env = env  # environment variable that overrides the key
+        self.nonempty = nonempty
+
+
+def _key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
+         choices: tuple[str, ...] | None = None, bounds: tuple[float, float] | None = None,
+         resolve: str | None = None, env: str | None = None, nonempty: bool = False) -> Any:
+    """A config key: a dataclass field whose metadata carries its :class:`_Rule`."""
+    rule = _Rule(choices=choices, bounds=bounds, resolve=resolve, env=env, nonempty=nonempty)
+    return field(default=default, default_factory=factory, metadata={"config": rule})
+
+
+# --------------------------------------------------------------------------- the config (= the schema)
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    enabled: bool = True
-    backend_store_uri: str = "sqlite:///data/mlflow/mlruns.db"
-    artifact_root: str = "data/mlflow/artifacts"  # an absolute path once loaded, or a URI (s3://...)
-    default_experiment: str = "formula-foundry"
+    enabled: bool = _key(True, env="FF_TRACKING_ENABLED")
+    backend_store_uri: str = _key("sqlite:///data/mlflow/mlruns.db", resolve="store",
+                                  env="MLFLOW_TRACKING_URI")
+    # An absolute path once loaded, or a URI (s3://...).
+    artifact_root: str = _key("data/mlflow/artifacts", resolve="location", env="FF_ARTIFACT_ROOT")
+    default_experiment: str = _key("formula-foundry", nonempty=True)
 
     @property
     def artifact_root_path(self) -> Path | None:
@@ -75,35 +127,39 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class JournalConfig:
-    root: Path = Path("data/runs")
-    fsync: str = "interval"
-    fsync_interval_seconds: float = 1.0
-    on_write_error: str = "raise"
-    end_runs_on_sigterm: bool = False  # opt-in: SIGTERM ends the process's open runs KILLED, then exits 143
+    root: Path = _key(Path("data/runs"), resolve="path", env="FF_JOURNAL_ROOT")
+    fsync: str = _key("interval", choices=FSYNC_POLICIES)
+    fsync_interval_seconds: float = _key(1.0, bounds=(0.0, 3600.0))
+    on_write_error: str = _key("raise", choices=WRITE_ERROR_POLICIES)
+    # Opt-in: SIGTERM ends the process's open runs KILLED, then exits 143.
+    end_runs_on_sigterm: bool = _key(False)
 
 
 @dataclass(frozen=True)
 class WatchConfig:
-    polling: bool = False
-    poll_interval_seconds: float = 0.5
-    rescan_interval_seconds: float = 10.0
-    debounce_seconds: float = 0.05
-    stale_after_seconds: float = 600.0
-    stale_action: str = "report"
+    polling: bool = _key(False)
+    poll_interval_seconds: float = _key(0.5, bounds=(0.01, 3600.0))
+    rescan_interval_seconds: float = _key(10.0, bounds=(0.0, _DAY))
+    debounce_seconds: float = _key(0.05, bounds=(0.0, 60.0))
+    stale_after_seconds: float = _key(600.0, bounds=(0.0, 365 * _DAY))  # 0: never stale
+    stale_action: str = _key("report", choices=STALE_ACTIONS)
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    state_dir: Path = Path("data/mlflow/ingest")
-    extra_roots: tuple[Path, ...] = ()
-    sink: str = "auto"
-    sqlite_busy_timeout_seconds: float = 30.0
-    watch: WatchConfig = field(default_factory=WatchConfig)
+    state_dir: Path = _key(Path("data/mlflow/ingest"), resolve="path")
+    extra_roots: tuple[Path, ...] = _key((), resolve="path")
+    sink: str = _key("auto", choices=SINKS)
+    sqlite_busy_timeout_seconds: float = _key(30.0, bounds=(0.0, _DAY))
+    watch: WatchConfig = _key(factory=WatchConfig)
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration; paths are absolute once loaded."""
+    """The whole configuration; paths are absolute once loaded.
+
+    Every field whose type is a dataclass is a section of the file.
+    """
 
     project_root: Path
     source: Path | None
@@ -127,65 +183,198 @@ class Config:
         self.ingest.state_dir.mkdir(parents=True, exist_ok=True)
 
 
-# --------------------------------------------------------------------------- schema
+# --------------------------------------------------------------------------- schema walk
 
-# section -> key -> (type(s), validator or allowed values, is_path)
-_Spec = dict[str, tuple[type | tuple[type, ...], tuple[str, ...] | None, bool]]
+class _Key:
+    """One key of a section: a dataclass field, its resolved type annotation and its rule."""
 
-_TRACKING: _Spec = {
-    "enabled": (bool, None, False),
-    "backend_store_uri": (str, None, False),
-    "artifact_root": (str, None, True),
-    "default_experiment": (str, None, False),
-}
-_JOURNAL: _Spec = {
-    "root": (str, None, True),
-    "fsync": (str, FSYNC_POLICIES, False),
-    "fsync_interval_seconds": ((int, float), None, False),
-    "on_write_error": (str, WRITE_ERROR_POLICIES, False),
-    "end_runs_on_sigterm": (bool, None, False),
-}
-_INGEST: _Spec = {
-    "state_dir": (str, None, True),
-    "extra_roots": (list, None, False),
-    "sink": (str, SINKS, False),
-    "sqlite_busy_timeout_seconds": ((int, float), None, False),
-    "watch": (dict, None, False),
-}
-_WATCH: _Spec = {
-    "polling": (bool, None, False),
-    "poll_interval_seconds": ((int, float), None, False),
-    "rescan_interval_seconds": ((int, float), None, False),
-    "debounce_seconds": ((int, float), None, False),
-    "stale_after_seconds": ((int, float), None, False),
-    "stale_action": (str, STALE_ACTIONS, False),
-}
-_TOP = ("tracking", "journal", "ingest")
+    __slots__ = ("field", "name", "rule", "type")
+
+    def __init__(self, f: dataclasses.Field, tp: Any) -> None:
+        self.name = f.name
+        self.type = tp
+        self.field = f
+        self.rule: _Rule = f.metadata.get("config") or _Rule()
 
 
-def _check_section(data: Any, spec: _Spec, *, source: Path | None, prefix: str) -> dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping, got {type(data).__name__}", path=source, key=prefix)
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}"
-        if key not in spec:
-            known = ", ".join(sorted(spec))
-            raise ConfigError(f"unknown key (known keys: {known})", path=source, key=dotted)
-        types, allowed, _ = spec[key]
-        # bool is an int subclass: never accept it where a number is expected.
-        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
-            want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"expected {want}, got {type(value).__name__} {value!r}",
-                              path=source, key=dotted)
-        if allowed is not None and value not in allowed:
-            raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}", path=source, key=dotted)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"must not be negative, got {value!r}", path=source, key=dotted)
-        out[key] = value
-    return out
+@cache
+def _keys(cls: type) -> tuple[_Key, ...]:
+    """The keys of one section, straight from its dataclass fields."""
+    hints = get_type_hints(cls)
+    return tuple(_Key(f, hints[f.name]) for f in dataclasses.fields(cls))
+
+
+@cache
+def _sections() -> tuple[tuple[str, type], ...]:
+    """The sections of the file: the fields of :class:`Config` whose type is a dataclass."""
+    hints = get_type_hints(Config)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(Config)
+                 if dataclasses.is_dataclass(hints[f.name]))
+
+
+def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "int or float"
+    if tp is Path:
+        return "str"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if getattr(tp, "__origin__", None) is tuple:
+        return "list"
+    return tp.__name__
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened: a message must stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass: never accept it where a number is expected
+        return tp is bool
+    if tp is float:
+        return isinstance(value, (int, float))
+    if tp in (str, Path):
+        return isinstance(value, str)
+    if getattr(tp, "__origin__", None) is tuple:
+        return isinstance(value, list)
+    return isinstance(value, tp)
+
+
+class _Loader:
+    """Validates raw YAML data against the dataclasses and builds the frozen config."""
+
+    def __init__(self, source: Path, root: Path, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.root = root
+        self.env = env
+
+    def fail(self, message: str, key: str, origin: str = "") -> ConfigError:
+        return ConfigError(message + origin, path=self.source, key=key)
+
+    def section(self, cls: type, data: Any, prefix: str) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise self.fail(f"expected a mapping, got {type(data).__name__}", prefix)
+        keys = _keys(cls)
+        known = {k.name for k in keys}
+        for name in data:
+            if name not in known:
+                raise self.fail(f"unknown key (known keys: {', '.join(sorted(known))})", f"{prefix}.{name}")
+        values: dict[str, Any] = {}
+        for key in keys:
+            dotted = f"{prefix}.{key.name}"
+            # The file's value is checked even when the environment overrides it.
+            value = self.check(key, data[key.name], dotted) if key.name in data else self.default(key, dotted)
+            origin = ""
+            override = self.env.get(key.rule.env, "") if key.rule.env else ""
+            if override:  # an empty variable counts as unset
+                origin = f" (from ${key.rule.env})"
+                value = self.check(key, self._from_env(key, override), dotted, origin)
+            values[key.name] = self.resolve(key, value, dotted, origin)
+        return cls(**values)
+
+    @staticmethod
+    def _from_env(key: _Key, text: str) -> Any:
+        if key.type is bool:
+            return text.strip().lower() not in ("0", "false", "no", "off")
+        return text
+
+    def default(self, key: _Key, dotted: str) -> Any:
+        if dataclasses.is_dataclass(key.type):
+            return self.section(key.type, None, dotted)
+        f = key.field
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    def check(self, key: _Key, value: Any, dotted: str, origin: str = "") -> Any:
+        """``value`` checked against the key's type and rule (not yet resolved)."""
+        tp, rule = key.type, key.rule
+        if dataclasses.is_dataclass(tp):
+            return self.section(tp, value, dotted)
+        if not _has_type(value, tp):
+            got = f"{type(value).__name__} {_show(value)}"
+            raise self.fail(f"expected {_type_name(tp)}, got {got}", dotted, origin)
+        if getattr(tp, "__origin__", None) is tuple:
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise self.fail(f"expected a path string, got {type(item).__name__}",
+                                    f"{dotted}[{i}]", origin)
+            value = tuple(value)
+        if rule.choices is not None and value not in rule.choices:
+            raise self.fail(f"must be one of {', '.join(rule.choices)}, got {_show(value)}", dotted, origin)
+        if tp is float:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(f"must be a finite number, got {_show(value)}", dotted, origin)
+            if rule.bounds is not None:
+                lo, hi = rule.bounds
+                if not lo <= value <= hi:
+                    raise self.fail(f"must be between {lo:.15g} and {hi:.15g} (seconds), got {_show(value)}",
+                                    dotted, origin)
+            value = float(value)
+        if rule.nonempty and not value.strip():
+            raise self.fail("must not be empty", dotted, origin)
+        return value
+
+    def resolve(self, key: _Key, value: Any, dotted: str, origin: str = "") -> Any:
+        kind = key.rule.resolve
+        if kind == "path":
+            if isinstance(value, tuple):
+                return tuple(_resolve_path(v, self.root) for v in value)
+            return _resolve_path(value, self.root)
+        if kind == "location":
+            return _resolve_location(value, self.root)
+        if kind == "store":
+            problem = _uri_problem(value)
+            if problem:
+                raise self.fail(problem, dotted, origin)
+            return _resolve_uri(value, self.root)
+        return value
+
+
+# --------------------------------------------------------------------------- tracking URIs
+
+def _is_memory_sqlite(uri: str) -> bool:
+    """True for every spelling of an in-memory (or temporary, discarded) SQLite database."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower().split("+", 1)[0] != "sqlite":
+        return False
+    if not rest.startswith("/"):  # sqlite:// is SQLAlchemy's in-memory spelling; a host is no file either
+        return True
+    path, _, query = rest[1:].partition("?")
+    name = path[len("file:"):] if path.lower().startswith("file:") else path  # SQLite URI filenames
+    if name in ("", "/") or name.startswith(":memory:"):  # "" is a temporary database, dropped on close
+        return True
+    pairs = (p.partition("=") for p in query.replace(";", "&").split("&"))
+    params = {k.lower(): v.lower() for k, _, v in pairs}
+    return params.get("mode") == "memory" or params.get("vfs") in ("memdb", "memvfs")
+
+
+def _uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be a tracking store, or None."""
+    if not uri.strip():
+        return "must not be empty (MLflow would create mlflow.db in the current directory)"
+    if _is_memory_sqlite(uri):
+        return (f"an in-memory SQLite store keeps nothing: {_show(uri)} would be ingested and checkpointed, "
+                "then discarded at exit (use sqlite:///path/to/mlruns.db)")
+    if "://" not in uri:
+        # A bare path is a file store in MLflow's eyes; we only support DB/HTTP stores.
+        return f"not a tracking URI: {_show(uri)} (use sqlite:///path, postgresql://..., or http://host:port)"
+    return None
+
+
+def check_tracking_uri(uri: str, where: str = "--tracking-uri") -> str:
+    """Return ``uri`` unchanged if it can be a tracking store, else raise :class:`ConfigError`.
+
+    The rule the config file's ``tracking.backend_store_uri`` follows, for a URI
+    from elsewhere (``where`` names it in the message, e.g. ``--tracking-uri``):
+    not empty, not an in-memory SQLite database, not a bare path.
+    """
+    problem = _uri_problem(uri)
+    if problem:
+        raise ConfigError(problem, path=where)
+    return uri
 
 
 def sqlite_path_of(uri: str) -> Path | None:
@@ -202,18 +391,11 @@ def sqlite_path_of(uri: str) -> Path | None:
 
 
 def _resolve_uri(uri: str, root: Path) -> str:
-    """Make a relative ``sqlite:///rel/path`` absolute against the project root."""
+    """Make a relative ``sqlite:///rel/path`` absolute against the project root (``uri`` is checked)."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         rel, _, query = uri[len("sqlite:///"):].partition("?")
-        if rel and rel != ":memory:":
-            absolute = (root / rel).resolve()
-            return f"sqlite:///{absolute}" + (f"?{query}" if query else "")
-    if "://" not in uri and uri:
-        # A bare path is a file store in MLflow's eyes; we only support DB/HTTP stores.
-        raise ConfigError(
-            f"not a tracking URI: {uri!r} (use sqlite:///path, postgresql://..., or http://host:port)",
-            key="tracking.backend_store_uri",
-        )
+        absolute = (root / rel).resolve()
+        return f"sqlite:///{absolute}" + (f"?{query}" if query else "")
     return uri
 
 
@@ -226,6 +408,67 @@ def _resolve_location(value: str, root: Path) -> str:
     """A local path made absolute, or a URI (``s3://bucket/prefix``) kept verbatim."""
     return value if "://" in value else str(_resolve_path(value, root))
 
+
+# --------------------------------------------------------------------------- YAML
+
+def _duplicate_key(node: Any) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping, at any depth: (dotted key, first line, second line).
+
+    Walks the composed node graph before construction, each node once (aliases are
+    not re-walked, so an alias bomb stays linear). Merge keys (``<<``) are YAML's
+    explicit way to override and are not duplicates.
+    """
+    import yaml  # deferred: importing the producer API should stay cheap
+
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(node, "")]
+    while stack:
+        current, path = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, value_node in current.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    dotted = f"{path}.{key_node.value}" if path else str(key_node.value)
+                    line = key_node.start_mark.line + 1
+                    ident = (key_node.tag, key_node.value)
+                    if ident in first:
+                        return dotted, first[ident], line
+                    first[ident] = line
+                    stack.append((value_node, dotted))
+                else:
+                    stack.append((value_node, path))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(current.value))
+    return None
+
+
+def _parse_yaml(text: str, source: Path) -> Any:
+    import yaml  # deferred: importing the producer API should stay cheap
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicate = _duplicate_key(node)
+        if duplicate is not None:
+            dotted, line1, line2 = duplicate
+            raise ConfigError(f"duplicate key at lines {line1} and {line2} (YAML would silently keep the "
+                              "last one; write it once)", path=source, key=dotted)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML{where}: {problem}", path=source) from None
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------- loading
 
 def find_config(start: Path | None = None) -> Path:
     """Locate the config file: ``$FF_CONFIG``, else ``config/mlflow.yaml`` in ``start`` or a parent."""
@@ -257,71 +500,18 @@ def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None
         raise ConfigError("config file not found", path=source) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", path=source) from None
-    import yaml  # deferred: importing the producer API should stay cheap
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"invalid YAML{where}: {problem}", path=source) from None
+    data = _parse_yaml(text, source)
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", path=source)
+    sections = _sections()
+    names = [name for name, _ in sections]
     for key in data:
-        if key not in _TOP:
-            raise ConfigError(f"unknown section (known: {', '.join(_TOP)})", path=source, key=str(key))
+        if key not in names:
+            raise ConfigError(f"unknown section (known: {', '.join(names)})", path=source, key=str(key))
 
     # config/mlflow.yaml -> the project root is the folder holding config/.
     root = source.parent.parent if source.parent.name == "config" else source.parent
-
-    tracking = _check_section(data.get("tracking"), _TRACKING, source=source, prefix="tracking")
-    journal = _check_section(data.get("journal"), _JOURNAL, source=source, prefix="journal")
-    ingest = _check_section(data.get("ingest"), _INGEST, source=source, prefix="ingest")
-    watch = _check_section(ingest.pop("watch", None), _WATCH, source=source, prefix="ingest.watch")
-    extra = ingest.pop("extra_roots", [])
-    for i, item in enumerate(extra):
-        if not isinstance(item, str):
-            raise ConfigError(f"expected a path string, got {type(item).__name__}",
-                              path=source, key=f"ingest.extra_roots[{i}]")
-
-    # Environment overrides.
-    if env.get("MLFLOW_TRACKING_URI"):
-        tracking["backend_store_uri"] = env["MLFLOW_TRACKING_URI"]
-    if env.get("FF_ARTIFACT_ROOT"):
-        tracking["artifact_root"] = env["FF_ARTIFACT_ROOT"]
-    if env.get("FF_JOURNAL_ROOT"):
-        journal["root"] = env["FF_JOURNAL_ROOT"]
-    if env.get("FF_TRACKING_ENABLED"):
-        tracking["enabled"] = env["FF_TRACKING_ENABLED"].strip().lower() not in ("0", "false", "no", "off")
-
-    try:
-        uri = _resolve_uri(tracking.get("backend_store_uri", TrackingConfig.backend_store_uri), root)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).split(": ", 1)[-1], path=source, key="tracking.backend_store_uri") from None
-    tracking_cfg = TrackingConfig(
-        enabled=tracking.get("enabled", True),
-        backend_store_uri=uri,
-        artifact_root=_resolve_location(tracking.get("artifact_root", TrackingConfig.artifact_root), root),
-        default_experiment=tracking.get("default_experiment", TrackingConfig.default_experiment),
-    )
-    if not tracking_cfg.default_experiment.strip():
-        raise ConfigError("must not be empty", path=source, key="tracking.default_experiment")
-    journal_cfg = JournalConfig(
-        root=_resolve_path(journal.get("root", JournalConfig.root), root),
-        fsync=journal.get("fsync", JournalConfig.fsync),
-        fsync_interval_seconds=float(journal.get("fsync_interval_seconds", 1.0)),
-        on_write_error=journal.get("on_write_error", JournalConfig.on_write_error),
-        end_runs_on_sigterm=journal.get("end_runs_on_sigterm", JournalConfig.end_runs_on_sigterm),
-    )
-    ingest_cfg = IngestConfig(
-        state_dir=_resolve_path(ingest.get("state_dir", IngestConfig.state_dir), root),
-        extra_roots=tuple(_resolve_path(p, root) for p in extra),
-        sink=ingest.get("sink", IngestConfig.sink),
-        sqlite_busy_timeout_seconds=float(ingest.get("sqlite_busy_timeout_seconds", 30.0)),
-        watch=WatchConfig(**{k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
-                             for k, v in watch.items()}),
-    )
-    return Config(project_root=root, source=source, tracking=tracking_cfg, journal=journal_cfg,
-                  ingest=ingest_cfg)
+    loader = _Loader(source, root, env)
+    built = {name: loader.section(cls, data.get(name), name) for name, cls in sections}
+    return Config(project_root=root, source=source, **built)

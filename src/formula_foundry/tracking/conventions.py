@@ -8,7 +8,7 @@ here imports MLflow.
 
 "Log tag ``task:<task_id>``" in seed 003 means the tag *key* ``task`` with the
 task id as its *value*; the acceptance registry
-(:mod:`formula_foundry.tracking.acceptance`) finds a run's criteria by that tag.
+(:mod:`formula_foundry.acceptance`) finds a run's criteria by that tag.
 
 ::
 

@@ -8,12 +8,18 @@ from pathlib import Path
 
 from formula_foundry.tracking.journal import JOURNAL_SUFFIX
 
-__all__ = ["discover", "is_journal"]
+__all__ = ["discover", "is_journal", "journal_id_of"]
 
 
 def is_journal(path: Path) -> bool:
     """A journal is ``<...>/tracking/<run_id>.<journal_id>.jsonl``."""
     return path.suffix == JOURNAL_SUFFIX and path.parent.name == "tracking" and path.name.count(".") == 2
+
+
+def journal_id_of(path: Path) -> str | None:
+    """The journal id in a journal's file name (``<run_id>.<journal_id>.jsonl``), or None."""
+    parts = path.name.split(".")
+    return parts[1] if len(parts) == 3 else None
 
 
 def discover(roots: Iterable[Path], paths: Iterable[Path] = ()) -> list[Path]:

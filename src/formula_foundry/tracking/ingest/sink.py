@@ -16,20 +16,23 @@ completes. Idempotency contract, decided here for every implementation:
   same call that creates the run, so ``find_run`` recovers the mapping after
   a crash between any two calls: no orphan, no duplicate run.
 
-Implementations: :class:`~.mlflow_sink.MlflowSink` (MLflow's client API; any
-tracking URI) and :class:`MemorySink` below (for unit tests of the core).
+Every method any caller uses is declared here; there is nothing to probe for.
+Implementations: :class:`~.stores.mlflow_api.MlflowSink` (MLflow's client API;
+any tracking URI) and :class:`~.stores.bulk.sink.BulkSink` (set-based SQL into
+SQLite and PostgreSQL stores). Checkpoint stores: :mod:`.checkpoints`.
 """
 
 from __future__ import annotations
 
-import math
+from abc import ABC, abstractmethod
+import time
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import ClassVar
 
 from formula_foundry.tracking.events import MetricPoint
 from formula_foundry.tracking.journal import START, ReadPosition
 
-__all__ = ["Batch", "Checkpoint", "CheckpointStore", "MemorySink", "RunInfo", "Sink"]
+__all__ = ["Batch", "Checkpoint", "CheckpointStore", "RunInfo", "Sink"]
 
 
 @dataclass
@@ -77,102 +80,76 @@ class RunInfo:
     experiment_id: str
 
 
-class CheckpointStore(Protocol):
-    def get(self, journal_id: str) -> Checkpoint | None: ...
-    def put(self, checkpoint: Checkpoint) -> None: ...
-    def all(self) -> list[Checkpoint]: ...
-    def record_error(self, journal_id: str, path: str, run_id: str, error: str) -> None: ...
+class CheckpointStore(ABC):
+    """Where the checkpoints of one tracking store live (see :mod:`.checkpoints` for the kinds)."""
+
+    #: where they are, for people (``status``, ``doctor``): a file, or a table in the store
+    location: str
+
+    @abstractmethod
+    def get(self, journal_id: str) -> Checkpoint | None:
+        """The checkpoint of one journal, or None if it was never ingested."""
+
+    @abstractmethod
+    def all(self) -> list[Checkpoint]:
+        """Every checkpoint, ordered by journal path."""
+
+    @abstractmethod
+    def put(self, checkpoint: Checkpoint) -> None:
+        """Make ``checkpoint`` durable (insert or replace the journal's row)."""
+
+    def record_error(self, journal_id: str, path: str, run_id: str, error: str) -> None:
+        """Remember why the last ingest of a journal stopped (its position is kept)."""
+        old = self.get(journal_id) or Checkpoint(journal_id=journal_id, path=path, run_id=run_id)
+        self.put(replace(old, last_error=error, updated_ms=now_ms()))
+
+    def close(self) -> None:
+        """Release connections and files (the default holds none)."""
 
 
-class Sink(Protocol):
-    """A tracking store, seen through the four operations replay needs.
+class Sink(ABC):
+    """A tracking store, seen through the operations replay and the watch daemon need."""
 
-    A sink may also set ``absorbs_repeated_metrics = True`` when a repeated
-    metric point inside one batch costs it nothing (replay then leaves repeats
-    in); without it, replay removes them first (MLflow's ``log_batch`` falls back
-    to row-by-row inserts on a batch with a repeat).
-    """
-
+    #: ``api`` or ``bulk``: shown in summaries and the daemon's log
+    kind: ClassVar[str]
+    #: True when a repeated metric point inside one batch costs the sink nothing (replay then
+    #: leaves repeats in); otherwise replay removes them first (MLflow's ``log_batch`` falls back
+    #: to row-by-row inserts on a batch with a repeat)
+    absorbs_repeated_metrics: ClassVar[bool] = False
+    #: the store's URI with its secrets redacted (:func:`.uri.redact`), for every message
+    display_uri: str
     checkpoints: CheckpointStore
 
+    @abstractmethod
     def experiment_id(self, name: str) -> str:
         """The id of the experiment ``name``, created on demand."""
 
+    @abstractmethod
     def find_run(self, run_id: str, experiment_id: str | None = None) -> RunInfo | None:
         """The MLflow run tagged ``ff.run_id = run_id`` (in one experiment, or in any)."""
 
+    @abstractmethod
     def create_run(self, *, experiment_id: str, run_id: str, run_name: str | None, start_time: int,
                    tags: dict[str, str]) -> RunInfo:
         """Create the run with ``tags`` (which include ``ff.run_id``) in one atomic call."""
 
+    @abstractmethod
     def existing_params(self, mlflow_run_id: str) -> dict[str, str]:
         """The params the run already has (for conflict detection across segments)."""
 
+    @abstractmethod
     def commit(self, mlflow_run_id: str, batch: Batch, checkpoint: Checkpoint) -> None:
         """Apply ``batch`` idempotently, then make ``checkpoint`` durable."""
 
+    def set_status(self, mlflow_run_id: str, status: str, end_time: int) -> None:
+        """Mark a run ended outside any journal (the watch daemon's stale runs), as ``set_terminated``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot end runs on its own; "
+                                  "set ingest.watch.on_stale to 'report'")
 
-# --------------------------------------------------------------------------- in-memory fake
-
-class MemoryCheckpoints:
-    def __init__(self) -> None:
-        self.rows: dict[str, Checkpoint] = {}
-
-    def get(self, journal_id: str) -> Checkpoint | None:
-        return self.rows.get(journal_id)
-
-    def put(self, checkpoint: Checkpoint) -> None:
-        self.rows[checkpoint.journal_id] = checkpoint
-
-    def all(self) -> list[Checkpoint]:
-        return list(self.rows.values())
-
-    def record_error(self, journal_id: str, path: str, run_id: str, error: str) -> None:
-        old = self.rows.get(journal_id) or Checkpoint(journal_id=journal_id, path=path, run_id=run_id)
-        self.rows[journal_id] = replace(old, last_error=error)
+    def close(self) -> None:
+        """Flush what is pending and release the store; the default closes the checkpoints."""
+        self.checkpoints.close()
 
 
-class MemorySink:
-    """A store in dictionaries with MLflow's semantics (metric primary key, param rule, tag overwrite)."""
-
-    def __init__(self) -> None:
-        self.checkpoints = MemoryCheckpoints()
-        self.experiments: dict[str, str] = {}
-        self.runs: dict[str, dict] = {}
-        self.calls = 0
-
-    def experiment_id(self, name: str) -> str:
-        return self.experiments.setdefault(name, str(len(self.experiments) + 1))
-
-    def find_run(self, run_id: str, experiment_id: str | None = None) -> RunInfo | None:
-        for mid, run in self.runs.items():
-            if run["tags"].get("ff.run_id") == run_id and experiment_id in (None, run["experiment_id"]):
-                return RunInfo(mid, run["experiment_id"])
-        return None
-
-    def create_run(self, *, experiment_id: str, run_id: str, run_name: str | None, start_time: int,
-                   tags: dict[str, str]) -> RunInfo:
-        self.calls += 1
-        mid = f"m{len(self.runs):031d}"
-        self.runs[mid] = {"experiment_id": experiment_id, "name": run_name, "start_time": start_time,
-                          "tags": dict(tags), "params": {}, "metrics": set(), "artifacts": {},
-                          "status": "RUNNING", "end_time": None}
-        return RunInfo(mid, experiment_id)
-
-    def existing_params(self, mlflow_run_id: str) -> dict[str, str]:
-        return dict(self.runs[mlflow_run_id]["params"])
-
-    def commit(self, mlflow_run_id: str, batch: Batch, checkpoint: Checkpoint) -> None:
-        self.calls += 1
-        run = self.runs[mlflow_run_id]
-        for key, value in batch.params.items():
-            if run["params"].setdefault(key, value) != value:
-                raise ValueError(f"param {key} conflict")
-        run["tags"].update(batch.tags)
-        for key, value, timestamp, step in batch.metrics:
-            nan = math.isnan(value)
-            run["metrics"].add((key, timestamp, step, 0.0 if nan else value, nan))
-        run["artifacts"].update(batch.artifacts)
-        if batch.end:
-            run["status"], run["end_time"] = batch.end
-        self.checkpoints.put(checkpoint)
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -63,6 +63,11 @@ from formula_foundry.errors import CorruptRecordError, StoreUnavailableError, Un
 from formula_foundry.tracking.config import Config, WatchConfig
 from formula_foundry.tracking.ingest.discover import discover, is_journal
 from formula_foundry.tracking.ingest.replay import JournalReport, PassReport, Replayer
+from formula_foundry.tracking.ingest.sink import Sink
+from formula_foundry.tracking.ingest.stores.connect import open_sink, store_lock
+from formula_foundry.tracking.ingest.stores.lock import StoreLock
+from formula_foundry.tracking.ingest.stores.http import short_http_requests
+from formula_foundry.tracking.ingest.uri import redact
 from formula_foundry.tracking.journal import JOURNAL_SUFFIX, JournalReader
 
 __all__ = ["Follower", "Inbox", "StaleRun", "Watcher", "format_event", "producer_alive", "run_daemon"]
@@ -378,19 +383,18 @@ class Follower:
                 continue  # quiet, not dead: a long step without logging
             owner = bool(header) and header.get("type") == "run_start"
             action = self.settings.stale_action if owner else "report"
-            set_status = getattr(self.replayer.sink, "set_status", None)
             if action in _STATUS_OF_ACTION:
-                if set_status is None:
+                try:
+                    self.replayer.sink.set_status(cp.mlflow_run_id, _STATUS_OF_ACTION[action], int(mtime * 1000))
+                except NotImplementedError:
                     log.warning(format_event("stale_action_unsupported", path=path,
-                                             sink=getattr(self.replayer.sink, "kind", "?"), action=action))
+                                             sink=self.replayer.sink.kind, action=action))
                     action = "report"
+                except StoreUnavailableError as exc:
+                    self._went_down(now, str(exc))
+                    self._next_stale_check = 0.0  # retry right after the backoff
+                    return
                 else:
-                    try:
-                        set_status(cp.mlflow_run_id, _STATUS_OF_ACTION[action], int(mtime * 1000))
-                    except StoreUnavailableError as exc:
-                        self._went_down(now, str(exc))
-                        self._next_stale_check = 0.0  # retry right after the backoff
-                        return
                     self._came_up(now)
             stale = StaleRun(journal_id=cp.journal_id, path=path, run_id=cp.run_id,
                              mlflow_run_id=cp.mlflow_run_id, idle_seconds=idle, action=action)
@@ -558,10 +562,7 @@ def _sleep(seconds: float, stop: _StopFlag) -> None:
         time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
 
-def _limit_http_retries() -> None:
-    """MLflow's HTTP client retries for minutes by default; the daemon has its own backoff."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+HTTP_TIMEOUT_SECONDS = 20  # one MLflow HTTP request; the daemon retries with its own backoff
 
 
 def _max_backoff() -> float:
@@ -571,20 +572,19 @@ def _max_backoff() -> float:
         return DEFAULT_MAX_BACKOFF
 
 
-def _open_sink(cfg: Config, uri: str, sink: str | None, stop: _StopFlag, max_backoff: float):
-    """``connect.open_sink``, retried with backoff while the store is unavailable; None if stopped first."""
+def _open_sink(cfg: Config, uri: str, sink: str | None, lock: StoreLock, stop: _StopFlag,
+               max_backoff: float) -> Sink | None:
+    """The store's lock and sink, retried with backoff while the store is unavailable; None if stopped first."""
     import sqlite3
-
-    from formula_foundry.tracking.ingest.checkpoints import redact_uri
-    from formula_foundry.tracking.ingest.connect import open_sink
 
     delay, down = INITIAL_BACKOFF, False
     while not stop.is_set():
         try:
+            lock.acquire_in_store()
             store = open_sink(cfg, tracking_uri=uri, sink=sink)
         except (StoreUnavailableError, sqlite3.OperationalError) as exc:
             if not down:
-                log.warning(format_event("store_unavailable", store=redact_uri(uri), error=str(exc)[:300],
+                log.warning(format_event("store_unavailable", store=redact(uri), error=str(exc)[:300],
                                          note="cannot open the store; retrying with backoff"))
                 down = True
             else:
@@ -593,7 +593,7 @@ def _open_sink(cfg: Config, uri: str, sink: str | None, stop: _StopFlag, max_bac
             delay = min(delay * 2, max_backoff)
             continue
         if down:
-            log.warning(format_event("store_available", store=redact_uri(uri)))
+            log.warning(format_event("store_available", store=redact(uri)))
         return store
     return None
 
@@ -606,49 +606,45 @@ def run_daemon(cfg: Config, *, tracking_uri: str | None = None, sink: str | None
     Raises :class:`~formula_foundry.errors.IngesterLockedError` (exit 5) when
     another ingester serves the store.
     """
-    from formula_foundry.tracking.ingest.checkpoints import redact_uri
-    from formula_foundry.tracking.ingest.connect import IngesterLock, state_dir
-
     uri = tracking_uri or cfg.tracking.backend_store_uri
     settings = cfg.ingest.watch
     use_polling = settings.polling if polling is None else bool(polling)
     paths = [Path(p).resolve() for p in extra_paths]
     roots = () if paths else cfg.journal_roots
-    _limit_http_retries()
     logging.getLogger("watchdog").setLevel(logging.WARNING)  # its debug output is one line per inotify event
     # Interpreter teardown with MLflow loaded spends seconds in the garbage collector (measured 2.5 s
     # of a 2.7 s shutdown); freezing the heap at exit keeps SIGTERM -> exit well under a second.
     atexit.register(gc.freeze)
     if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
-    lock = IngesterLock(state_dir(cfg, uri), what=redact_uri(uri)).acquire()
+    lock = store_lock(cfg, uri).acquire_local()
     stop = _StopFlag()
     previous = stop.install()
     try:
-        if not paths:
-            cfg.journal.root.mkdir(parents=True, exist_ok=True)  # watch a fresh project's root from the start
-        max_backoff = _max_backoff()
-        store = _open_sink(cfg, uri, sink, stop, max_backoff)
-        if store is None:
-            return 0
-        try:
-            replayer = Replayer(store, skip_corrupt=skip_corrupt)
-            follower = Follower(replayer, roots=roots, paths=paths, settings=settings,
-                                max_backoff=max_backoff, should_stop=stop.is_set)
-            inbox = Inbox()
-            watcher = Watcher(inbox, roots=roots, paths=paths, polling=use_polling,
-                              poll_interval=settings.poll_interval_seconds)
-            watcher.start()
-            log.info(format_event("started", pid=os.getpid(), store=getattr(store, "display_uri", redact_uri(uri)),
-                                  sink=getattr(store, "kind", "api"),
-                                  observer="polling" if watcher.polling else "native",
-                                  roots=",".join(str(p) for p in (paths or roots))))
+        with short_http_requests(HTTP_TIMEOUT_SECONDS):
+            if not paths:
+                cfg.journal.root.mkdir(parents=True, exist_ok=True)  # watch a fresh project's root from the start
+            max_backoff = _max_backoff()
+            store = _open_sink(cfg, uri, sink, lock, stop, max_backoff)
+            if store is None:
+                return 0
             try:
-                _loop(follower, inbox, watcher, stop, settings.debounce_seconds)
+                replayer = Replayer(store, skip_corrupt=skip_corrupt)
+                follower = Follower(replayer, roots=roots, paths=paths, settings=settings,
+                                    max_backoff=max_backoff, should_stop=stop.is_set)
+                inbox = Inbox()
+                watcher = Watcher(inbox, roots=roots, paths=paths, polling=use_polling,
+                                  poll_interval=settings.poll_interval_seconds)
+                watcher.start()
+                log.info(format_event("started", pid=os.getpid(), store=store.display_uri, sink=store.kind,
+                                      observer="polling" if watcher.polling else "native",
+                                      roots=",".join(str(p) for p in (paths or roots))))
+                try:
+                    _loop(follower, inbox, watcher, stop, settings.debounce_seconds)
+                finally:
+                    watcher.stop()
             finally:
-                watcher.stop()
-        finally:
-            store.close()
+                store.close()
     finally:
         lock.release()
         for sig, handler in previous.items():

@@ -1,4 +1,10 @@
-"""The API sink: MLflow's public client (``MlflowClient``) behind the :class:`~.sink.Sink` interface.
+"""MLflow's public client (``MlflowClient``): :class:`MlflowApi`, and the API sink built on it.
+
+:class:`MlflowApi` is the store seen through MLflow's client (experiments,
+runs, ``log_batch``, artifacts, end status); :class:`MlflowSink` is the
+:class:`~..sink.Sink` that sends every batch through it and keeps its
+checkpoints in a file of its own (:func:`~.checkpoints.open_checkpoint_file`).
+The bulk sink uses the same :class:`MlflowApi` for runs and artifacts.
 
 Works for every tracking URI MLflow knows: ``sqlite:///``, ``postgresql://``
 (direct), ``http(s)://`` (an ``mlflow server``). Idempotency is the contract
@@ -14,8 +20,8 @@ of :mod:`.sink`; here is how each part of a commit meets it:
 
 Credentials come only from the environment (a password inside the tracking
 URI, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, ``AWS_*``). No message
-this module raises carries them: :func:`scrub` masks the URI's password and the
-MLflow credential variables, and MLflow's "View run at <url>" lines (printed to
+this module raises carries them: :func:`~..uri.scrub` masks the URI's secrets and the
+credential variables, and MLflow's "View run at <url>" lines (printed to
 stdout by the REST client, URL credentials included) are switched off.
 
 Opening a sink probes the store once with a short timeout
@@ -30,7 +36,6 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import mlflow  # noqa: F401  - the ingest side is where mlflow lives
 from mlflow.entities import Metric, Param, RunTag, ViewType
@@ -40,48 +45,16 @@ from mlflow.tracking import MlflowClient
 from formula_foundry.errors import StoreRejectedError, StoreUnavailableError
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.events import TAG_RUN_ID
-from formula_foundry.tracking.ingest.checkpoints import redact_uri
-from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, CheckpointStore, RunInfo
-from formula_foundry.tracking.ingest.store_init import ensure_sqlite_store
+from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, CheckpointStore, RunInfo, Sink
+from formula_foundry.tracking.ingest.store_errors import store_errors
+from formula_foundry.tracking.ingest.stores.engine import make_engine
+from formula_foundry.tracking.ingest.stores.http import http_get
+from formula_foundry.tracking.ingest.stores.store_init import ensure_sqlite_store
+from formula_foundry.tracking.ingest.uri import is_http, redact, scheme
 
-__all__ = ["MlflowSink", "classify", "probe_store", "scrub"]
+__all__ = ["MlflowApi", "MlflowSink", "probe_store", "quiet_mlflow_logs"]
 
 log = logging.getLogger("formula_foundry.ingest")
-
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED", "ENDPOINT_NOT_FOUND"}
-_TRANSIENT_TEXT = re.compile(
-    r"database is locked|could not connect|connection refused|max retries exceeded|timed out|"
-    r"failed to establish|server closed the connection|name or service not known|connection reset|"
-    r"bad gateway|service unavailable|gateway timeout|API request to .* failed",
-    re.IGNORECASE)
-
-
-def classify(exc: BaseException) -> Exception:
-    """Map an exception from MLflow or the network to StoreUnavailableError (retry) or StoreRejectedError."""
-    code = getattr(exc, "error_code", "") or ""
-    text = f"{type(exc).__name__}: {exc}"
-    if code in _TRANSIENT_CODES or _TRANSIENT_TEXT.search(text) or isinstance(exc, (ConnectionError, OSError)):
-        return StoreUnavailableError(text[:500])
-    return StoreRejectedError(text[:1000])
-
-
-def scrub(text: str, tracking_uri: str | None = None) -> str:
-    """``text`` with the URI's password and MLflow's credential variables replaced by ``***``."""
-    secrets: list[str] = []
-    if tracking_uri:
-        try:
-            password = urlsplit(tracking_uri).password
-        except ValueError:
-            password = None
-        if password:
-            secrets += [password, unquote(password)]
-    for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            secrets.append(value)
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def probe_store(tracking_uri: str, *, timeout: float = 10.0) -> str:
@@ -91,53 +64,48 @@ def probe_store(tracking_uri: str, *, timeout: float = 10.0) -> str:
     ``SELECT 1`` with a connect timeout. Raises :class:`StoreUnavailableError` (credentials
     scrubbed) when it does not answer; other URIs are not probed.
     """
-    try:
-        if tracking_uri.startswith(("http://", "https://")):
-            from mlflow.utils.credentials import get_default_host_creds
-            from mlflow.utils.rest_utils import http_request
+    with store_errors(f"{redact(tracking_uri)} does not answer", tracking_uri):
+        try:
+            if is_http(tracking_uri):
+                response = http_get(tracking_uri, "/health", timeout=timeout)
+                if response.status_code >= 500:
+                    raise StoreUnavailableError(f"GET /health answered HTTP {response.status_code}")
+                return f"HTTP {response.status_code} from /health"
+            if scheme(tracking_uri) in ("postgresql", "mysql", "mssql"):
+                import sqlalchemy as sa
 
-            response = http_request(get_default_host_creds(tracking_uri), "/health", "GET", max_retries=0,
-                                    backoff_factor=0, timeout=timeout, raise_on_status=False)
-            if response.status_code >= 500:
-                raise StoreUnavailableError(f"GET /health answered HTTP {response.status_code}")
-            return f"HTTP {response.status_code} from /health"
-        scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
-        if scheme in ("postgresql", "mysql", "mssql"):
-            import sqlalchemy
-
-            connect_args = {"connect_timeout": max(1, int(timeout))} if scheme != "mssql" else {}
-            engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args,
-                                              poolclass=sqlalchemy.pool.NullPool)
-            try:
-                with engine.connect() as connection:
-                    connection.execute(sqlalchemy.text("SELECT 1"))
-            finally:
-                engine.dispose()
-            return "SELECT 1 answered"
-        return "not probed"
-    except StoreUnavailableError as exc:
-        raise StoreUnavailableError(scrub(str(exc), tracking_uri)) from None
-    except Exception as exc:  # noqa: BLE001 - any failure to answer is "unavailable", said with its cause
-        text = scrub(f"{type(exc).__name__}: {exc}", tracking_uri)
-        raise StoreUnavailableError(f"{redact_uri(tracking_uri)} does not answer: {text[:500]}") from None
+                engine = make_engine(tracking_uri, connect_timeout=timeout, read_only=True)
+                try:
+                    with engine.connect() as connection:
+                        connection.execute(sa.text("SELECT 1"))
+                finally:
+                    engine.dispose()
+                return "SELECT 1 answered"
+            return "not probed"
+        except (StoreUnavailableError, StoreRejectedError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "unavailable", said with its cause
+            raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:500]) from None
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "experiment"
 
 
-class MlflowSink:
-    """Writes batches through ``MlflowClient``; checkpoints go to ``checkpoints`` after each commit."""
+class MlflowApi:
+    """One tracking store through ``MlflowClient``: experiments, runs, batches, artifacts, end status.
 
-    kind = "api"
+    Every call goes through :func:`~..store_errors.store_errors`. Opening probes a
+    server or database once (:func:`probe_store`) and creates a missing SQLite
+    store safely (:func:`~.store_init.ensure_sqlite_store`).
+    """
 
-    def __init__(self, tracking_uri: str, *, artifact_root_uri: str | None, checkpoints: CheckpointStore,
+    def __init__(self, tracking_uri: str, *, artifact_root_uri: str | None,
                  sqlite_busy_timeout: float = 30.0) -> None:
         self.tracking_uri = tracking_uri
-        self.display_uri = redact_uri(tracking_uri)
-        self.checkpoints = checkpoints
+        self.display_uri = redact(tracking_uri)
         self.artifact_root_uri = artifact_root_uri
-        self._is_http = tracking_uri.startswith(("http://", "https://"))
+        self._is_http = is_http(tracking_uri)
         # The REST client prints "View run <name> at: <url>" to stdout on set_terminated: noise in
         # --json output, an extra request per run, and the URL carries any password in the URI.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -149,23 +117,13 @@ class MlflowSink:
                 uri += ("&" if "?" in uri else "?") + f"timeout={sqlite_busy_timeout:g}"
         else:
             probe_store(tracking_uri)  # a stopped server: fail now, not after MLflow's retries
-        try:
+        with store_errors("open the store", tracking_uri):
             self.client = MlflowClient(tracking_uri=uri)
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors escape MlflowException too
-            err = classify(exc)
-            raise type(err)(scrub(str(err), tracking_uri)) from None
         self._experiments: dict[str, str] = {}
 
     def _call(self, what: str, fn, *args, **kwargs):
-        try:
+        with store_errors(what, self.tracking_uri):
             return fn(*args, **kwargs)
-        except StoreRejectedError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is classified, none is swallowed
-            err = classify(exc)
-            raise type(err)(scrub(f"{what}: {err}", self.tracking_uri)) from None
-
-    # -- Sink ---------------------------------------------------------------------
 
     def experiment_id(self, name: str) -> str:
         cached = self._experiments.get(name)
@@ -176,13 +134,13 @@ class MlflowSink:
             location = None
             if not self._is_http and self.artifact_root_uri:
                 location = f"{self.artifact_root_uri.rstrip('/')}/{_slug(name)}"
-            try:
-                exp_id = self.client.create_experiment(name, artifact_location=location)
-            except MlflowException as exc:
-                if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-                    err = classify(exc)
-                    raise type(err)(scrub(str(err), self.tracking_uri)) from None
-                exp_id = self._call("get experiment", self.client.get_experiment_by_name, name).experiment_id
+            with store_errors(f"create experiment {name!r}", self.tracking_uri):
+                try:
+                    exp_id = self.client.create_experiment(name, artifact_location=location)
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # else: created meanwhile by another
+                        raise
+                    exp_id = self.client.get_experiment_by_name(name).experiment_id
         else:
             if exp.lifecycle_stage == "deleted":
                 raise StoreRejectedError(f"experiment {name!r} (id {exp.experiment_id}) is deleted in MLflow; "
@@ -219,20 +177,16 @@ class MlflowSink:
     def existing_params(self, mlflow_run_id: str) -> dict[str, str]:
         return dict(self._call("get run", self.client.get_run, mlflow_run_id).data.params)
 
-    def commit(self, mlflow_run_id: str, batch: Batch, checkpoint: Checkpoint) -> None:
+    def log_batch(self, mlflow_run_id: str, batch: Batch) -> None:
+        """The batch's metrics, params and tags in one ``log_batch`` (repeat-safe: see :mod:`..sink`)."""
         if batch.metrics or batch.params or batch.tags:
             self._call("log_batch", self.client.log_batch, mlflow_run_id,
                        metrics=[Metric(key, value, timestamp, step) for key, value, timestamp, step in batch.metrics],
                        params=[Param(k, v) for k, v in batch.params.items()],
                        tags=[RunTag(k, v) for k, v in batch.tags.items()], synchronous=True)
-        if batch.artifacts:
-            self._write_artifacts(mlflow_run_id, batch.artifacts)
-        if batch.end is not None:
-            status, end_time = batch.end
-            self._call("set_terminated", self.client.set_terminated, mlflow_run_id, status, end_time)
-        self.checkpoints.put(checkpoint)
 
-    def _write_artifacts(self, mlflow_run_id: str, artifacts: dict[str, bytes]) -> None:
+    def write_artifacts(self, mlflow_run_id: str, artifacts: dict[str, bytes]) -> None:
+        """Write small files (artifact path -> content) into the run's artifact location."""
         with tempfile.TemporaryDirectory(prefix="ff-ingest-") as tmp:
             for artifact_path, content in artifacts.items():
                 folder, _, name = artifact_path.rpartition("/")
@@ -243,13 +197,43 @@ class MlflowSink:
                            str(local), folder or None)
 
     def set_status(self, mlflow_run_id: str, status: str, end_time: int) -> None:
-        """Mark a run ended (used by the watch daemon for stale runs)."""
         self._call("set_terminated", self.client.set_terminated, mlflow_run_id, status, end_time)
 
-    def close(self) -> None:
-        close = getattr(self.checkpoints, "close", None)
-        if close:
-            close()
+
+class MlflowSink(Sink):
+    """The API sink: every batch through :class:`MlflowApi`, then its checkpoint into ``checkpoints``."""
+
+    kind = "api"
+
+    def __init__(self, api: MlflowApi, checkpoints: CheckpointStore) -> None:
+        self.api = api
+        self.display_uri = api.display_uri
+        self.checkpoints = checkpoints
+
+    def experiment_id(self, name: str) -> str:
+        return self.api.experiment_id(name)
+
+    def find_run(self, run_id: str, experiment_id: str | None = None) -> RunInfo | None:
+        return self.api.find_run(run_id, experiment_id)
+
+    def create_run(self, *, experiment_id: str, run_id: str, run_name: str | None, start_time: int,
+                   tags: dict[str, str]) -> RunInfo:
+        return self.api.create_run(experiment_id=experiment_id, run_id=run_id, run_name=run_name,
+                                   start_time=start_time, tags=tags)
+
+    def existing_params(self, mlflow_run_id: str) -> dict[str, str]:
+        return self.api.existing_params(mlflow_run_id)
+
+    def commit(self, mlflow_run_id: str, batch: Batch, checkpoint: Checkpoint) -> None:
+        self.api.log_batch(mlflow_run_id, batch)
+        if batch.artifacts:
+            self.api.write_artifacts(mlflow_run_id, batch.artifacts)
+        if batch.end is not None:
+            self.api.set_status(mlflow_run_id, *batch.end)
+        self.checkpoints.put(checkpoint)
+
+    def set_status(self, mlflow_run_id: str, status: str, end_time: int) -> None:
+        self.api.set_status(mlflow_run_id, status, end_time)
 
 
 def quiet_mlflow_logs() -> None:

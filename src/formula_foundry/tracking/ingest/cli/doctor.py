@@ -47,8 +47,8 @@ failure. Usage errors (unknown option) are ``2``, as for every ``ff-ingest``
 command.
 
 Nothing printed carries a credential: URIs are shown with ``***`` for the
-password (:func:`~.checkpoints.redact_uri`), error texts are scrubbed
-(:func:`~.mlflow_sink.scrub`).
+password and secret query parameters (:func:`~..uri.redact`), error texts
+are scrubbed (:func:`~..uri.scrub`).
 """
 
 from __future__ import annotations
@@ -70,8 +70,14 @@ import click
 
 from formula_foundry.errors import ConfigError, StoreUnavailableError
 from formula_foundry.tracking.config import Config
-from formula_foundry.tracking.ingest.checkpoints import redact_uri
-from formula_foundry.tracking.ingest.cli import _load, _setup_logging, common
+from formula_foundry.tracking.config import sqlite_path_of
+from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
+from formula_foundry.tracking.ingest.discover import discover
+from formula_foundry.tracking.ingest.store_errors import classify
+from formula_foundry.tracking.ingest.stores.connect import read_checkpoints, state_dir
+from formula_foundry.tracking.ingest.stores.engine import make_engine
+from formula_foundry.tracking.ingest.stores.http import http_get, short_http_requests
+from formula_foundry.tracking.ingest.uri import is_http, redact, scheme, scrub
 
 __all__ = ["DOCTOR_EXPERIMENT", "Check", "DoctorReport", "doctor_command", "run_doctor"]
 
@@ -79,7 +85,7 @@ __all__ = ["DOCTOR_EXPERIMENT", "Check", "DoctorReport", "doctor_command", "run_
 DOCTOR_EXPERIMENT = "ff-doctor"
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
-EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 #: Checks whose failure means "the store cannot be reached" (exit code 3).
 UNREACHABLE_CHECKS = ("store", "experiments")
 LOW_DISK_BYTES = 1 << 30
@@ -114,6 +120,8 @@ class DoctorReport:
     @property
     def exit_code(self) -> int:
         failed = [c for c in self.checks if c.status == FAIL]
+        if any(c.name == "config" for c in failed):
+            return EXIT_USAGE  # as every command: a config error is 2
         if any(c.unreachable for c in failed):
             return EXIT_UNREACHABLE
         return EXIT_FAILED if failed else EXIT_OK
@@ -140,30 +148,6 @@ class DoctorReport:
 
 
 # --------------------------------------------------------------------------- helpers
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 kB'`` (decimal units, as ``du --si``)."""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"  # pragma: no cover - the loop always returns
-
-
-def _is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def _scheme(uri: str) -> str:
-    return uri.split(":", 1)[0].split("+", 1)[0].lower()
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    from formula_foundry.tracking.config import sqlite_path_of
-
-    return sqlite_path_of(uri)
-
 
 def _one_line(text: str, limit: int = 400) -> str:
     text = " ".join(str(text).split())
@@ -196,44 +180,19 @@ def tree_size(root: Path, *, budget_s: float = SIZE_SCAN_SECONDS,
     return total, files, True
 
 
-@contextmanager
-def _mlflow_env(timeout: float) -> Iterator[None]:
-    """MLflow's REST client retries for minutes by default; the doctor wants an answer now.
-
-    Sets ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (and turns
-    off MLflow's download progress bar) for the duration of the checks, unless the user
-    set them, then restores the environment.
-    """
-    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout))),
-              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    saved = {name: os.environ.get(name) for name in wanted}
-    for name, value in wanted.items():
-        if saved[name] is None:
-            os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 # --------------------------------------------------------------------------- the checks
 
 def check_config(config_path: str | None, roots: tuple[str, ...],
                  tracking_uri: str | None) -> tuple[Config | None, Check]:
     try:
-        cfg = _load(config_path, roots)
+        cfg = load(config_path, roots, tracking_uri)
     except ConfigError as exc:
         return None, Check("config", FAIL, f"config error: {exc}")
     uri = tracking_uri or cfg.tracking.backend_store_uri
-    detail = (f"{cfg.source}; store {redact_uri(uri)}; artifact root {redact_uri(cfg.tracking.artifact_root)}; "
+    detail = (f"{cfg.source}; store {redact(uri)}; artifact root {redact(cfg.tracking.artifact_root)}; "
               f"{len(cfg.journal_roots)} journal root(s)")
-    return cfg, Check("config", OK, detail, {"source": str(cfg.source), "store": redact_uri(uri),
-                                            "artifact_root": redact_uri(cfg.tracking.artifact_root),
+    return cfg, Check("config", OK, detail, {"source": str(cfg.source), "store": redact(uri),
+                                            "artifact_root": redact(cfg.tracking.artifact_root),
                                             "journal_roots": [str(r) for r in cfg.journal_roots]})
 
 
@@ -246,7 +205,6 @@ def check_mlflow() -> Check:
 
 
 def check_journals(cfg: Config) -> tuple[list[Path], Check]:
-    from formula_foundry.tracking.ingest.discover import discover
 
     parts, problems, warnings, data = [], [], [], {}
     journals: list[Path] = []
@@ -290,9 +248,9 @@ _CAUSES = (
 
 
 def check_store(uri: str, cfg: Config, *, timeout: float) -> Check:
-    from formula_foundry.tracking.ingest.mlflow_sink import probe_store, scrub
+    from formula_foundry.tracking.ingest.stores.mlflow_api import probe_store
 
-    db = _sqlite_file(uri)
+    db = sqlite_path_of(uri)
     if uri.startswith("sqlite:"):
         if db is None:
             return Check("store", FAIL, f"{uri}: not a file-backed SQLite store")
@@ -308,40 +266,24 @@ def check_store(uri: str, cfg: Config, *, timeout: float) -> Check:
     except StoreUnavailableError as exc:
         text = _one_line(scrub(str(exc), uri), 1000)
         cause = next((label for pattern, label in _CAUSES if pattern in text.lower()), "no answer")
-        hint = ("is the server running? (tools/mlflow/start_server.sh)" if _is_http(uri)
+        hint = ("is the server running? (tools/mlflow/start_server.sh)" if is_http(uri)
                 else "is the database server running and accepting TCP connections?")
         if cause == "no answer":
             cause = text[:300]
         elif cause not in ("connection refused", "timed out", "no route to host", "network unreachable"):
             hint = ""
-        return Check("store", FAIL, f"cannot reach {redact_uri(uri)}: {cause}" + (f"; {hint}" if hint else ""),
+        return Check("store", FAIL, f"cannot reach {redact(uri)}: {cause}" + (f"; {hint}" if hint else ""),
                      {"error": text}, unreachable=True)
-    return Check("store", OK, f"{redact_uri(uri)} answers ({answer})", {"answer": answer})
-
-
-def _sql_engine(uri: str, db: Path | None, timeout: float):
-    import sqlalchemy
-
-    if db is not None:  # read only: the doctor never creates or migrates a store
-        return sqlalchemy.create_engine(f"sqlite:///file:{db}?mode=ro&uri=true",
-                                        poolclass=sqlalchemy.pool.NullPool)
-    connect_args = {"connect_timeout": max(1, int(timeout))} if _scheme(uri) in ("postgresql", "postgres",
-                                                                                   "mysql") else {}
-    return sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+    return Check("store", OK, f"{redact(uri)} answers ({answer})", {"answer": answer})
 
 
 def check_schema(uri: str, cfg: Config, *, timeout: float) -> Check:
     import mlflow
 
-    from formula_foundry.tracking.ingest.mlflow_sink import scrub
 
-    if _is_http(uri):
-        from mlflow.utils.credentials import get_default_host_creds
-        from mlflow.utils.rest_utils import http_request
-
+    if is_http(uri):
         try:
-            response = http_request(get_default_host_creds(uri), "/version", "GET", max_retries=0,
-                                    backoff_factor=0, timeout=timeout, raise_on_status=False)
+            response = http_get(uri, "/version", timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             return Check("schema", WARN, f"GET /version failed: {_one_line(scrub(str(exc), uri))}")
         if response.status_code != 200:
@@ -357,13 +299,11 @@ def check_schema(uri: str, cfg: Config, *, timeout: float) -> Check:
 
     import sqlalchemy
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
 
-    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-    head = script.get_current_head()
-    db = _sqlite_file(uri)
-    engine = _sql_engine(uri, db, timeout)
+    from formula_foundry.tracking.ingest.stores.bulk.schema import installed_head_revision, is_known_revision
+
+    head = installed_head_revision()
+    engine = make_engine(uri, connect_timeout=timeout, read_only=True)
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
@@ -380,51 +320,44 @@ def check_schema(uri: str, cfg: Config, *, timeout: float) -> Check:
         return Check("schema", WARN, "empty database: the first ff-ingest creates MLflow's schema", data)
     if current == head:
         return Check("schema", OK, f"alembic revision {current} = mlflow {mlflow.__version__}'s head", data)
-    try:
-        known = script.get_revision(current) is not None
-    except Exception:  # noqa: BLE001 - alembic raises for an unknown revision
-        known = False
-    if known:
+    if is_known_revision(current):
         return Check("schema", FAIL, f"revision {current} is older than mlflow {mlflow.__version__}'s head "
                                      f"{head}: back up the database, then run `mlflow db upgrade "
-                                     f"{redact_uri(uri)}`", data)
+                                     f"{redact(uri)}`", data)
     return Check("schema", FAIL, f"revision {current} is unknown to mlflow {mlflow.__version__} (head {head}): "
                                  "the store was migrated by a newer MLflow; upgrade the ingester's mlflow", data)
 
 
-def open_doctor_sink(cfg: Config, uri: str):
-    """The ingester's own sink (same artifact locations, same upload path), with throw-away checkpoints."""
-    from formula_foundry.tracking.ingest.mlflow_sink import MlflowSink
-    from formula_foundry.tracking.ingest.sink import MemoryCheckpoints
+def open_doctor_api(cfg: Config, uri: str):
+    """The ingester's own view of the store (same artifact locations, same upload path)."""
+    from formula_foundry.tracking.ingest.stores.mlflow_api import MlflowApi
 
-    return MlflowSink(uri, artifact_root_uri=cfg.tracking.artifact_root_uri, checkpoints=MemoryCheckpoints(),
-                      sqlite_busy_timeout=cfg.ingest.sqlite_busy_timeout_seconds)
+    return MlflowApi(uri, artifact_root_uri=cfg.tracking.artifact_root_uri,
+                     sqlite_busy_timeout=cfg.ingest.sqlite_busy_timeout_seconds)
 
 
-def check_experiments(sink, uri: str) -> Check:
-    from formula_foundry.tracking.ingest.mlflow_sink import classify, scrub
+def check_experiments(api, uri: str) -> Check:
 
     try:
-        page = sink.client.search_experiments(max_results=1000)
+        page = api.client.search_experiments(max_results=1000)
     except Exception as exc:  # noqa: BLE001
         err = classify(exc)
         return Check("experiments", FAIL, f"listing experiments failed: {_one_line(scrub(str(err), uri))}",
                      unreachable=isinstance(err, StoreUnavailableError))
-    more = "+" if getattr(page, "token", None) else ""
+    more = "+" if page.token else ""
     names = [e.name for e in page]
     return Check("experiments", OK, f"listed {len(names)}{more} experiment{'s' if len(names) != 1 else ''}",
                  {"count": len(names), "more": bool(more)})
 
 
-def check_artifacts(sink, uri: str) -> Check:
-    """Log a dummy run with a small artifact through the sink, read it back, delete it all."""
+def check_artifacts(api, uri: str) -> Check:
+    """Log a dummy run with a small artifact the way the ingester does, read it back, delete it all."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from formula_foundry.tracking.events import MetricPoint
-    from formula_foundry.tracking.ingest.mlflow_sink import scrub
-    from formula_foundry.tracking.ingest.sink import Batch, Checkpoint
+    from formula_foundry.tracking.ingest.sink import Batch
 
-    client = sink.client
+    client = api.client
     now_ms = int(time.time() * 1000)
     host = socket.gethostname()
     payload = json.dumps({"type": "formula_foundry.doctor_probe", "host": host, "pid": os.getpid(),
@@ -436,7 +369,7 @@ def check_artifacts(sink, uri: str) -> Check:
         exp = client.get_experiment_by_name(DOCTOR_EXPERIMENT)
         if exp is not None and exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        experiment_id = sink.experiment_id(DOCTOR_EXPERIMENT)
+        experiment_id = api.experiment_id(DOCTOR_EXPERIMENT)
         run = client.create_run(experiment_id, start_time=now_ms, run_name=f"doctor-{host}-{now_ms}",
                                 tags={"ff.doctor": "1"})
         run_id = run.info.run_id
@@ -444,7 +377,9 @@ def check_artifacts(sink, uri: str) -> Check:
         batch = Batch(metrics=[MetricPoint("doctor_probe", 1.0, now_ms, 0)], params={"doctor_host": host},
                       tags={"ff.doctor.host": host}, artifacts={artifact_path: payload},
                       end=("FINISHED", int(time.time() * 1000)))
-        sink.commit(run_id, batch, Checkpoint(journal_id="ff-doctor", path="-", run_id="ff-doctor"))
+        api.log_batch(run_id, batch)
+        api.write_artifacts(run_id, batch.artifacts)
+        api.set_status(run_id, *batch.end)
         with tempfile.TemporaryDirectory(prefix="ff-doctor-") as tmp:
             local = client.download_artifacts(run_id, artifact_path, tmp)
             echoed = Path(local).read_bytes()
@@ -455,20 +390,19 @@ def check_artifacts(sink, uri: str) -> Check:
             raise RuntimeError("the dummy run did not keep its metric and status")
     except Exception as exc:  # noqa: BLE001 - reported with its cause
         cleanup = _delete_dummy_run(client, run_id, artifact_uri, get_artifact_repository, uri) if run_id else ""
-        where = f" (artifact location {redact_uri(artifact_uri)})" if artifact_uri else ""
+        where = f" (artifact location {redact(artifact_uri)})" if artifact_uri else ""
         return Check("artifacts", FAIL, f"dummy run failed{where}: {_one_line(scrub(str(exc), uri))}"
                                         + (f"; {cleanup}" if cleanup else ""), {"run_id": run_id})
     cleanup = _delete_dummy_run(client, run_id, artifact_uri, get_artifact_repository, uri)
     detail = (f"logged a dummy run in {DOCTOR_EXPERIMENT!r} with a {len(payload)}-byte artifact at "
-              f"{redact_uri(artifact_uri)}, read it back; {cleanup}")
+              f"{redact(artifact_uri)}, read it back; {cleanup}")
     status = WARN if cleanup.startswith("left behind") else OK
-    return Check("artifacts", status, detail, {"run_id": run_id, "artifact_uri": redact_uri(artifact_uri),
+    return Check("artifacts", status, detail, {"run_id": run_id, "artifact_uri": redact(artifact_uri),
                                                "cleanup": cleanup})
 
 
 def _delete_dummy_run(client, run_id: str, artifact_uri: str | None, get_repo, uri: str) -> str:
     """Remove the dummy run's artifacts and the run; returns what was done (or left behind)."""
-    from formula_foundry.tracking.ingest.mlflow_sink import scrub
 
     left: list[str] = []
     if artifact_uri:
@@ -485,11 +419,14 @@ def _delete_dummy_run(client, run_id: str, artifact_uri: str | None, get_repo, u
     hard = False
     try:
         client.delete_run(run_id)
-        store = getattr(getattr(client, "_tracking_client", None), "store", None)
-        hard_delete = getattr(store, "_hard_delete_run", None) if not _is_http(uri) else None
-        if hard_delete is not None:  # what `mlflow gc` does, for SQL stores
-            hard_delete(run_id)
-            hard = True
+        if not is_http(uri):  # what `mlflow gc` does, for SQL stores
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+            from mlflow.tracking._tracking_service.utils import _get_store
+
+            tracking_store = _get_store(uri)
+            if isinstance(tracking_store, SqlAlchemyStore):
+                tracking_store._hard_delete_run(run_id)
+                hard = True
     except Exception as exc:  # noqa: BLE001
         left.append(f"run {run_id} ({_one_line(scrub(str(exc), uri), 200)})")
     if left:
@@ -510,13 +447,11 @@ def _disk(path: Path) -> tuple[Path, Any] | None:
 
 
 def check_storage(cfg: Config, uri: str, *, timeout: float, store_ok: bool) -> Check:
-    from formula_foundry.tracking.ingest.connect import state_dir
-    from formula_foundry.tracking.ingest.mlflow_sink import scrub
 
     parts: list[str] = []
     warnings: list[str] = []
     data: dict[str, Any] = {}
-    db = _sqlite_file(uri)
+    db = sqlite_path_of(uri)
     local_paths: list[Path] = []
     if db is not None:
         if db.exists():
@@ -525,12 +460,12 @@ def check_storage(cfg: Config, uri: str, *, timeout: float, store_ok: bool) -> C
             data["store_bytes"] = size
             parts.append(f"store {human_bytes(size)} (SQLite file)")
         local_paths.append(db.parent)
-    elif _is_http(uri):
+    elif is_http(uri):
         parts.append("store size: held by the server (not measured)")
-    elif _scheme(uri) in ("postgresql", "postgres") and store_ok:
+    elif scheme(uri) in ("postgresql", "postgres") and store_ok:
         import sqlalchemy
 
-        engine = _sql_engine(uri, None, timeout)
+        engine = make_engine(uri, connect_timeout=timeout, read_only=True)
         try:
             with engine.connect() as connection:
                 size = int(connection.execute(
@@ -547,10 +482,10 @@ def check_storage(cfg: Config, uri: str, *, timeout: float, store_ok: bool) -> C
         parts.append("store size: not measured for this database")
 
     root = cfg.tracking.artifact_root_path
-    if _is_http(uri):
+    if is_http(uri):
         parts.append("artifacts: held by the server (not measured)")
     elif root is None:
-        parts.append(f"artifact root {redact_uri(cfg.tracking.artifact_root)}: remote (not measured)")
+        parts.append(f"artifact root {redact(cfg.tracking.artifact_root)}: remote (not measured)")
     elif root.exists():
         size, files, complete = tree_size(root)
         data.update(artifact_root_bytes=size, artifact_root_files=files, artifact_root_complete=complete)
@@ -582,23 +517,11 @@ def check_storage(cfg: Config, uri: str, *, timeout: float, store_ok: bool) -> C
     return Check("storage", WARN if warnings else OK, "; ".join(warnings + parts), data)
 
 
-def _open_checkpoints(cfg: Config, uri: str):
-    from formula_foundry.tracking.ingest import connect
-
-    return connect.open_checkpoints(cfg, uri)
-
-
 def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
     try:
-        store = _open_checkpoints(cfg, uri)
+        checkpoints = {cp.journal_id: cp for cp in read_checkpoints(cfg, uri)}
     except Exception as exc:  # noqa: BLE001
         return Check("backlog", WARN, f"cannot read the ingest checkpoints: {_one_line(exc)}")
-    try:
-        checkpoints = {cp.journal_id: cp for cp in store.all()}
-    finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
     pending_bytes = 0
     behind = never = 0
     errors: list[str] = []
@@ -641,7 +564,7 @@ def run_doctor(*, config_path: str | None = None, roots: tuple[str, ...] = (), t
     """Run every check and return the report (no printing, no exit)."""
     cfg, config_check = check_config(config_path, roots, tracking_uri)
     uri = (tracking_uri or (cfg.tracking.backend_store_uri if cfg else "")) or ""
-    report = DoctorReport(store=redact_uri(uri) if uri else "?")
+    report = DoctorReport(store=redact(uri) if uri else "?")
     report.add(config_check)
     names = ("mlflow", "journals", "store", "schema", "experiments", "artifacts", "storage", "backlog")
     if cfg is None:
@@ -657,10 +580,10 @@ def run_doctor(*, config_path: str | None = None, roots: tuple[str, ...] = (), t
         for name in ("store", "schema", "experiments", "artifacts"):
             report.add(Check(name, SKIP, "MLflow is not installed"))
     else:
-        from formula_foundry.tracking.ingest.mlflow_sink import quiet_mlflow_logs
+        from formula_foundry.tracking.ingest.stores.mlflow_api import quiet_mlflow_logs
 
         quiet_mlflow_logs()
-        with _mlflow_env(timeout):
+        with short_http_requests(timeout):
             store_ok = _store_checks(report, cfg, uri, timeout=timeout, write=write)
     report.add(check_storage(cfg, uri, timeout=timeout, store_ok=store_ok))
     report.add(check_backlog(cfg, uri, journals))
@@ -669,7 +592,6 @@ def run_doctor(*, config_path: str | None = None, roots: tuple[str, ...] = (), t
 
 def _store_checks(report: DoctorReport, cfg: Config, uri: str, *, timeout: float, write: bool) -> bool:
     """store, schema, experiments, artifacts; returns whether the store answered."""
-    from formula_foundry.tracking.ingest.mlflow_sink import classify, scrub
 
     store = report.add(check_store(uri, cfg, timeout=timeout))
     if store.status == FAIL:
@@ -681,29 +603,26 @@ def _store_checks(report: DoctorReport, cfg: Config, uri: str, *, timeout: float
             report.add(Check(name, SKIP, "no store yet"))
         return False
     schema = report.add(check_schema(uri, cfg, timeout=timeout))
-    if schema.status == FAIL or (schema.status == WARN and not _is_http(uri)):
+    if schema.status == FAIL or (schema.status == WARN and not is_http(uri)):
         reason = "the schema is not usable" if schema.status == FAIL else "the database has no MLflow schema yet"
         for name in ("experiments", "artifacts"):
             report.add(Check(name, SKIP, reason))
         return True
     try:
-        sink = open_doctor_sink(cfg, uri)
+        api = open_doctor_api(cfg, uri)
     except Exception as exc:  # noqa: BLE001
         err = exc if isinstance(exc, StoreUnavailableError) else classify(exc)
         report.add(Check("experiments", FAIL, f"cannot open the store: {_one_line(scrub(str(err), uri))}",
                          unreachable=isinstance(err, StoreUnavailableError)))
         report.add(Check("artifacts", SKIP, "the store could not be opened"))
         return True
-    try:
-        listing = report.add(check_experiments(sink, uri))
-        if listing.status == FAIL:
-            report.add(Check("artifacts", SKIP, "listing experiments failed"))
-        elif not write:
-            report.add(Check("artifacts", SKIP, "--no-write: no dummy run logged"))
-        else:
-            report.add(check_artifacts(sink, uri))
-    finally:
-        sink.close()
+    listing = report.add(check_experiments(api, uri))
+    if listing.status == FAIL:
+        report.add(Check("artifacts", SKIP, "listing experiments failed"))
+    elif not write:
+        report.add(Check("artifacts", SKIP, "--no-write: no dummy run logged"))
+    else:
+        report.add(check_artifacts(api, uri))
     return True
 
 
@@ -718,9 +637,10 @@ def _store_checks(report: DoctorReport, cfg: Config, uri: str, *, timeout: float
 def doctor_command(config_path, tracking_uri, roots, log_level, as_json, timeout, no_write):
     """Check the tracking setup: config, journal roots, store, schema, artifact writes, storage, backlog.
 
-    Exit codes: 0 healthy (warnings allowed), 3 the store is unreachable, 1 any other failure.
+    Exit codes: 0 healthy (warnings allowed), 2 config error, 3 the store is unreachable,
+    1 any other failure.
     """
-    _setup_logging(log_level)
+    setup_logging(log_level)
     report = run_doctor(config_path=config_path, roots=roots, tracking_uri=tracking_uri, timeout=timeout,
                         write=not no_write)
     if as_json:

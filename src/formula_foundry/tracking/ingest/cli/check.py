@@ -11,7 +11,7 @@ Seed 003 asks every run to "log tag ``task:<task_id>``": the tag *key* is
 ``task``, its *value* the task id (see :mod:`formula_foundry.tracking.conventions`).
 The registry is ``config/acceptance_criteria_registry.csv`` under the project
 root, or ``--registry PATH``; it is parsed and evaluated by the pure
-:mod:`formula_foundry.tracking.acceptance` module (an allow-listed expression
+:mod:`formula_foundry.acceptance` package (an allow-listed expression
 grammar, never ``eval``). A run's metric values are MLflow's latest values
 (the highest step, then the newest timestamp), as ``MlflowClient.get_run``
 reports them. Runs are searched among active (not deleted) runs of every
@@ -37,24 +37,21 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
-from formula_foundry.errors import AcceptanceError, FormulaFoundryError, StoreUnavailableError
-from formula_foundry.tracking.acceptance import (
-    DEFAULT_REGISTRY_RELPATH,
-    Evaluation,
-    Registry,
-    load_registry,
-    render_report,
-)
-from formula_foundry.tracking.ingest.checkpoints import redact_uri
-from formula_foundry.tracking.ingest.cli import _load, _require_mlflow, _setup_logging, common
+from formula_foundry.errors import AcceptanceError, StoreUnavailableError
+from formula_foundry.acceptance import DEFAULT_REGISTRY_RELPATH, Evaluation, Registry, load_registry
+from formula_foundry.tracking.config import sqlite_path_of
+from formula_foundry.tracking.ingest.cli.common import common, load, require_mlflow, setup_logging
+from formula_foundry.tracking.ingest.store_errors import store_errors
+from formula_foundry.tracking.ingest.uri import redact
 
-__all__ = ["TASK_TAG", "CheckReport", "check_command", "run_check"]
+__all__ = ["TASK_TAG", "CheckReport", "check_command", "render_evaluations", "run_check"]
 
 #: The run tag whose value is the task id (seed 003: "tag task:<task_id>").
 TASK_TAG = "task"
@@ -100,13 +97,47 @@ class CheckReport:
         }
 
     def render(self) -> str:
-        text = render_report(r.evaluation for r in self.results) if self.results else ""
+        text = render_evaluations(r.evaluation for r in self.results) if self.results else ""
         lines = [f"error: {problem}" for problem in self.problems]
         if self.tasks_without_runs:
             lines.append(f"not checked (no runs tagged {TASK_TAG}=<id>): {', '.join(self.tasks_without_runs)}")
         if not self.results and not lines:
             lines.append("no runs evaluated")
         return text + "".join(f"{line}\n" for line in lines)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def render_evaluations(evaluations: Iterable[Evaluation]) -> str:
+    """A plain-text table: task, run, status (PASS/FAIL/MISSING), missing metrics, expression.
+
+    A non-passing row is followed by an indented ``reason:`` line; a summary
+    line closes the report.
+    """
+    items = list(evaluations)
+    if not items:
+        return "no runs evaluated\n"
+    header = ("TASK", "RUN", "STATUS", "MISSING", "EXPRESSION")
+    rows = [
+        (e.task_id, e.run_id or "-", e.status, ", ".join(e.missing) or "-", _one_line(e.expression))
+        for e in items
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+
+    def fmt(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+
+    lines = [fmt(header)]
+    for evaluation, row in zip(items, rows, strict=True):
+        lines.append(fmt(row))
+        if evaluation.status != "PASS":
+            lines.append(f"    reason: {_one_line(evaluation.reason)}")
+    counts = {s: sum(1 for e in items if e.status == s) for s in ("PASS", "FAIL", "MISSING")}
+    lines.append(f"{len(items)} run(s): {counts['PASS']} passed, {counts['FAIL']} failed, "
+                 f"{counts['MISSING']} missing metrics")
+    return "\n".join(lines) + "\n"
 
 
 def _json_number(value: Any) -> Any:
@@ -127,8 +158,7 @@ def _quote(value: str) -> str:
 def _open_client(cfg, uri: str):
     from mlflow.tracking import MlflowClient
 
-    from formula_foundry.tracking.config import sqlite_path_of
-    from formula_foundry.tracking.ingest.mlflow_sink import classify, probe_store, quiet_mlflow_logs, scrub
+    from formula_foundry.tracking.ingest.stores.mlflow_api import probe_store, quiet_mlflow_logs
 
     quiet_mlflow_logs()
     db = sqlite_path_of(uri)
@@ -136,11 +166,8 @@ def _open_client(cfg, uri: str):
         raise StoreUnavailableError(f"no MLflow store at {db} yet (nothing has been ingested)")
     if db is None:
         probe_store(uri)
-    try:
+    with store_errors("open the store", uri):
         return MlflowClient(tracking_uri=uri)
-    except Exception as exc:  # noqa: BLE001 - classified, credentials scrubbed
-        err = classify(exc)
-        raise type(err)(scrub(str(err), uri)) from None
 
 
 def _experiment_ids(client, names: tuple[str, ...]) -> list[str]:
@@ -246,28 +273,22 @@ def check_command(config_path, tracking_uri, roots, log_level, tasks, run_ids, r
     Exit codes: 0 all pass, 1 a failure or missing metric (or no such run), 2 registry error,
     3 store unreachable.
     """
-    _setup_logging(log_level)
-    cfg = _load(config_path, roots)
+    setup_logging(log_level)
+    cfg = load(config_path, roots, tracking_uri)
     path = Path(registry_path).resolve() if registry_path else cfg.project_root / DEFAULT_REGISTRY_RELPATH
     uri = tracking_uri or cfg.tracking.backend_store_uri
     try:
         registry = load_registry(path)
         for task in tasks:
             registry.criterion(task)
-        _require_mlflow()
+        require_mlflow()
         client = _open_client(cfg, uri)
-        report = run_check(client, registry, store=redact_uri(uri), tasks=tasks, run_ids=run_ids,
-                           experiments=experiments, latest=latest)
+        with store_errors("read runs", uri):  # MLflow/network errors: unavailable (3) or rejected (1)
+            report = run_check(client, registry, store=redact(uri), tasks=tasks, run_ids=run_ids,
+                               experiments=experiments, latest=latest)
     except AcceptanceError as exc:
         click.echo(f"acceptance registry error: {exc}", err=True)
         return EXIT_REGISTRY
-    except (FormulaFoundryError, click.ClickException):
-        raise
-    except Exception as exc:  # noqa: BLE001 - MLflow/network errors: unavailable (3) or rejected (1)
-        from formula_foundry.tracking.ingest.mlflow_sink import classify, scrub
-
-        err = classify(exc)
-        raise type(err)(scrub(str(err), uri)) from None
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:

@@ -2,7 +2,7 @@
 
 Never opens the tracking store (it works while the store is down, and without
 MLflow installed): a journal's progress is its checkpoint row (from
-:func:`~.connect.open_checkpoints`), its size and content are the file's.
+:func:`~..stores.connect.open_checkpoints`), its size and content are the file's.
 
 Per journal: the run (producer id and MLflow id), the experiment (from the
 header; an attached segment takes its owner's), records in the journal
@@ -38,7 +38,12 @@ import click
 
 from formula_foundry.tracking.config import Config
 from formula_foundry.tracking.framing import FrameError, unframe
-from formula_foundry.tracking.ingest.cli import _load, _setup_logging, common
+from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
+from formula_foundry.tracking.ingest.discover import discover, journal_id_of
+from formula_foundry.tracking.ingest.stores.connect import open_checkpoints, state_dir
+from formula_foundry.tracking.ingest.stores.lock import LOCK_FILE
+from formula_foundry.tracking.ingest.uri import redact
+from formula_foundry.tracking.ingest import watch
 from formula_foundry.tracking.ingest.sink import Checkpoint
 
 __all__ = ["JournalStatus", "StatusReport", "collect", "status_command"]
@@ -121,11 +126,6 @@ def _tail(path: Path, offset: int) -> tuple[int, int]:
     return lines, size
 
 
-def _journal_id(path: Path) -> str | None:
-    parts = path.name.split(".")
-    return parts[1] if len(parts) == 3 else None
-
-
 def daemon_pid(folder: Path) -> int | None:
     """The pid of the ingester holding ``<state dir>/ingester.lock``, or None when nobody holds it.
 
@@ -133,7 +133,7 @@ def daemon_pid(folder: Path) -> int | None:
     even for an instant, could make a daemon starting at that moment refuse to
     start. Elsewhere, a shared non-blocking ``flock`` probes it.
     """
-    lock = folder / "ingester.lock"
+    lock = folder / LOCK_FILE
     try:
         st = lock.stat()
     except OSError:
@@ -158,7 +158,8 @@ def daemon_pid(folder: Path) -> int | None:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 text = fh.read().strip()
-                return int(text[4:]) if text.startswith("pid ") and text[4:].isdigit() else -1
+                words = text.split()  # "pid 8833 on host"
+                return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else -1
             fcntl.flock(fh, fcntl.LOCK_UN)
     except OSError:
         return None
@@ -169,21 +170,14 @@ def daemon_pid(folder: Path) -> int | None:
 
 def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None = None) -> StatusReport:
     """Every journal under the roots and every checkpoint row of the store, with its state."""
-    from formula_foundry.tracking.ingest.checkpoints import redact_uri
-    from formula_foundry.tracking.ingest.connect import open_checkpoints, state_dir
-    from formula_foundry.tracking.ingest.discover import discover
-    from formula_foundry.tracking.ingest.watch import producer_alive
-
     uri = tracking_uri or cfg.tracking.backend_store_uri
     now = time.time() if now is None else now
     store = open_checkpoints(cfg, uri)
     try:
         rows = store.all()
-        location = str(getattr(store, "path", state_dir(cfg, uri)))
+        location = store.location
     finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
+        store.close()
     by_id: dict[str, Checkpoint] = {cp.journal_id: cp for cp in rows}
     paths = discover(cfg.journal_roots)
     seen = {str(p) for p in paths}
@@ -195,7 +189,7 @@ def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None =
 
     out: list[JournalStatus] = []
     for path in [*paths, *extra]:
-        jid = _journal_id(path)
+        jid = journal_id_of(path)
         cp = by_id.get(jid) if jid else None
         if cp is None:
             cp = next((c for c in rows if c.path == str(path)), None)
@@ -222,13 +216,13 @@ def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None =
             state = "waiting"
         elif lag[0] or header is None:
             state = "pending"
-        elif after > 0 and now - mtime >= after and producer_alive(header) is not True:
+        elif after > 0 and now - mtime >= after and watch.producer_alive(header) is not True:
             state = "stale"
         else:
             state = "running"
         out.append(_row(path, cp, header, error, state=state, records=records, lag=lag, mtime=mtime, now=now,
                         owners=owners))
-    return StatusReport(store=redact_uri(uri), checkpoints=location, daemon_pid=daemon_pid(state_dir(cfg, uri)),
+    return StatusReport(store=redact(uri), checkpoints=location, daemon_pid=daemon_pid(state_dir(cfg, uri)),
                         stale_after_seconds=after, journals=out)
 
 
@@ -244,7 +238,7 @@ def _row(path: Path, cp: Checkpoint | None, header: dict | None, error: str | No
     run_id = (header or {}).get("run_id") or (cp.run_id if cp else None)
     owner = header if header and header["type"] == "run_start" else owners.get(run_id or "")
     return JournalStatus(
-        path=str(path), journal_id=(header or {}).get("journal_id") or (cp.journal_id if cp else _journal_id(path)),
+        path=str(path), journal_id=(header or {}).get("journal_id") or (cp.journal_id if cp else journal_id_of(path)),
         kind=header["type"] if header else None, run_id=run_id, mlflow_run_id=cp.mlflow_run_id if cp else None,
         experiment=(owner or {}).get("experiment"), run_name=(owner or {}).get("run_name"), records=records,
         ingested=cp.records if cp else 0, lag_records=lag[0], lag_bytes=lag[1], state=state,
@@ -266,14 +260,6 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
-def _bytes(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
-
-
 def render_table(report: StatusReport, *, root: Path | None = None) -> str:
     """The human view: one line per journal, errors under their journal, a summary at the end."""
     head = ("STATE", "RUN", "MLFLOW RUN", "EXPERIMENT", "RECORDS", "INGESTED", "LAG", "IDLE", "JOURNAL")
@@ -285,7 +271,7 @@ def render_table(report: StatusReport, *, root: Path | None = None) -> str:
                 path = str(Path(j.path).relative_to(root))
             except ValueError:
                 pass
-        lag = "0" if not j.lag_bytes else f"{j.lag_records} ({_bytes(j.lag_bytes)})"
+        lag = "0" if not j.lag_bytes else f"{j.lag_records} ({human_bytes(j.lag_bytes)})"
         rows.append(((j.state, (j.run_id or "-")[:12], (j.mlflow_run_id or "-")[:12], (j.experiment or "-")[:28],
                       str(j.records), str(j.ingested), lag, _age(j.idle_s), path), j.last_error))
     widths = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(head)]
@@ -319,8 +305,8 @@ def status_command(config_path, tracking_uri, roots, log_level, as_json):
     Reads only the journal files and the checkpoints: works while the tracking
     store is unreachable. Exit code 1 when a journal is in error.
     """
-    _setup_logging(log_level)
-    cfg = _load(config_path, roots)
+    setup_logging(log_level)
+    cfg = load(config_path, roots, tracking_uri)
     report = collect(cfg, tracking_uri)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

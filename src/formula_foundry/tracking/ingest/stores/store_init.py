@@ -14,6 +14,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from formula_foundry.substrate._atomic import fsync_dir
+
 __all__ = ["ensure_sqlite_store"]
 
 
@@ -29,7 +31,7 @@ def ensure_sqlite_store(db: Path, artifact_root_uri: str | None) -> bool:
         tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
         for leftover in db.parent.glob(f".{db.name}.creating-*"):
             leftover.unlink(missing_ok=True)  # a creator killed mid-way; we hold the lock, so it is dead
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # mlflow: deferred (see stores/__init__)
 
         root = artifact_root_uri or db.parent.joinpath("artifacts").resolve().as_uri()
         store = SqlAlchemyStore(f"sqlite:///{tmp}", root)
@@ -39,9 +41,5 @@ def ensure_sqlite_store(db: Path, artifact_root_uri: str | None) -> bool:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, db)
-        dir_fd = os.open(db.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(db.parent)
         return True

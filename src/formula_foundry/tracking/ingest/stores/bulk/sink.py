@@ -70,59 +70,24 @@ from the start.
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import operator
 import os
 import threading
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import sqlalchemy as sa  # comes with mlflow, as does everything this module imports lazily
 
-from formula_foundry.errors import IngestError, StoreRejectedError, StoreUnavailableError
-from formula_foundry.tracking.ingest.checkpoints import redact_uri
+from formula_foundry.errors import StoreRejectedError
 from formula_foundry.tracking.ingest.plan import Limits
-from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, MemoryCheckpoints, RunInfo
-from formula_foundry.tracking.journal import ReadPosition
+from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, CheckpointStore, RunInfo, Sink
+from formula_foundry.tracking.ingest.store_errors import store_errors, translate
+from formula_foundry.tracking.ingest.stores.bulk.schema import MODEL_COLUMNS
+from formula_foundry.tracking.ingest.stores.checkpoints import CHECKPOINTS, SqlCheckpoints, to_row
+from formula_foundry.tracking.ingest.stores.engine import dialect_insert, reading
+from formula_foundry.tracking.ingest.stores.mlflow_api import MlflowApi
+from formula_foundry.tracking.ingest.uri import redact
 
-__all__ = [
-    "CHECKPOINTS",
-    "CHECKPOINT_TABLE",
-    "MODEL_COLUMNS",
-    "VERIFIED_REVISIONS",
-    "BulkCheckpoints",
-    "BulkSink",
-    "model_problem",
-    "open_bulk_checkpoints",
-    "open_bulk_sink",
-    "revision_problem",
-]
-
-log = logging.getLogger("formula_foundry.ingest")
-
-# Alembic revisions of MLflow's tracking schema this module was verified on (read against
-# mlflow 3.17.2's models and sqlalchemy_store.py). dc11669786a5 is the single head of
-# mlflow/store/db_migrations/versions in mlflow 3.17.x ("add job executor persistence model").
-VERIFIED_REVISIONS: tuple[str, ...] = ("dc11669786a5",)
-
-CHECKPOINT_TABLE = "ff_ingest_checkpoints"
-_META = sa.MetaData()
-CHECKPOINTS = sa.Table(
-    CHECKPOINT_TABLE, _META,
-    sa.Column("journal_id", sa.String(64), primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("run_id", sa.String(64), nullable=False),
-    sa.Column("mlflow_run_id", sa.String(32)),
-    sa.Column("byte_offset", sa.BigInteger, nullable=False),
-    sa.Column("line", sa.BigInteger, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("records", sa.BigInteger, nullable=False),
-    sa.Column("ended", sa.Boolean, nullable=False),
-    sa.Column("last_error", sa.Text),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-)
+__all__ = ["BulkSink"]
 
 # Group limits. Fewer commits are cheaper (each rewrites the rollback journal of the pages it
 # touches: 1 s groups cost ~17% more CPU per row than one transaction at 1M rows), but an SQLite
@@ -135,269 +100,15 @@ _CHUNK = 5_000  # rows per executemany call
 _RUN_NAME_TAG = "mlflow.runName"
 _first = operator.itemgetter(0)
 _value_of = operator.itemgetter(1)
-_SUPPORTED = ("sqlite", "postgresql")
 
 
-# --------------------------------------------------------------------------- schema guard (pure)
-
-def revision_problem(revisions: list[str], installed_head: str | None) -> str | None:
-    """Why the bulk sink must not write to a store at ``revisions`` (None: it may)."""
-    if not revisions:
-        return "the store has no alembic revision (not an MLflow store?)"
-    if len(revisions) > 1:
-        return f"the store has several alembic revisions ({', '.join(sorted(revisions))})"
-    rev = revisions[0]
-    if rev not in VERIFIED_REVISIONS:
-        return (f"store schema revision {rev} is not one the bulk sink was verified on "
-                f"({', '.join(VERIFIED_REVISIONS)})")
-    if installed_head is not None and rev != installed_head:
-        return f"store schema revision {rev} differs from the installed MLflow's {installed_head}"
-    return None
-
-
-# The columns the bulk sink writes, by MLflow table: the models must have exactly these (runs: at
-# least these), or the sink is not used. A schema change comes with a new revision anyway; this
-# also catches models that changed without one.
-MODEL_COLUMNS: dict[str, tuple[str, ...]] = {
-    "metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
-    "latest_metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
-    "params": ("key", "value", "run_uuid"),
-    "tags": ("key", "value", "run_uuid"),
-}
-RUN_COLUMNS = ("run_uuid", "name", "status", "end_time", "lifecycle_stage")
-
-
-def model_problem() -> str | None:
-    """Why MLflow's installed models do not fit what the bulk sink writes (None: they do)."""
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
-
-    for model in (SqlMetric, SqlLatestMetric, SqlParam, SqlTag):
-        have = {c.name for c in model.__table__.columns}
-        want = set(MODEL_COLUMNS[model.__tablename__])
-        if have != want:
-            return f"MLflow's {model.__tablename__} table has columns {sorted(have)}, not {sorted(want)}"
-    missing = set(RUN_COLUMNS) - {c.name for c in SqlRun.__table__.columns}
-    if missing:
-        return f"MLflow's runs table has no {', '.join(sorted(missing))}"
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def installed_head_revision() -> str | None:
-    """The head of the installed MLflow's tracking-store migrations (alembic reads ~100 scripts: cached)."""
-    try:
-        from mlflow.store.db.utils import _get_latest_schema_revision
-    except ImportError:  # pragma: no cover - a future MLflow that moved it: the pinned list still guards
-        return None
-    return _get_latest_schema_revision()
-
-
-def store_revisions(engine: sa.Engine) -> list[str]:
-    """The store's alembic revision(s); empty when it has none (an empty database)."""
-    with _reading(engine) as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return []
-        version = sa.table("alembic_version", sa.column("version_num"))
-        return [row[0] for row in conn.execute(sa.select(version.c.version_num))]
-
-
-# --------------------------------------------------------------------------- engines
-
-def _backend(uri: str) -> str | None:
-    try:
-        return sa.engine.make_url(uri).get_backend_name()
-    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL at all
-        return None
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    from formula_foundry.tracking.config import sqlite_path_of
-
-    return sqlite_path_of(uri)
-
-
-def make_engine(uri: str, *, busy_timeout: float = 30.0) -> sa.Engine:
-    """Our own engine on the store's database.
-
-    SQLite: a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction that
-    writes, so the write lock is taken up front (a read lock upgraded later can
-    fail with "database is locked" without waiting); reads (connections with the
-    execution option ``ff_read=True``) begin a deferred transaction and take no
-    write lock.
-    """
-    backend = _backend(uri)
-    if backend != "sqlite":
-        return sa.create_engine(uri, pool_pre_ping=True)
-    db = _sqlite_file(uri)
-    if db is None:
-        raise IngestError(f"the bulk sink needs an SQLite file, not {redact_uri(uri)}")
-    engine = sa.create_engine(f"sqlite:///{db}", connect_args={"timeout": busy_timeout})
-
-    @sa.event.listens_for(engine, "connect")
-    def _no_implicit_transactions(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None  # the driver's own BEGIN handling off: we begin (below)
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ff_read") else "BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _reading(engine: sa.Engine) -> sa.Connection:
-    return engine.connect().execution_options(ff_read=True)
-
-
-def _classify(exc: BaseException, uri: str, what: str) -> Exception:
-    from formula_foundry.tracking.ingest.mlflow_sink import classify, scrub
-
-    if isinstance(exc, (StoreRejectedError, StoreUnavailableError)):
-        return exc
-    err = classify(exc)
-    return type(err)(scrub(f"{what}: {err}", uri))
-
-
-def _dialect_insert(dialect: str):
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    return insert
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def _row_to_checkpoint(row) -> Checkpoint:
-    return Checkpoint(journal_id=row.journal_id, path=row.path, run_id=row.run_id,
-                      mlflow_run_id=row.mlflow_run_id,
-                      position=ReadPosition(row.byte_offset, row.line, row.seq), records=row.records,
-                      ended=bool(row.ended), last_error=row.last_error, updated_ms=row.updated_ms)
-
-
-def _checkpoint_row(cp: Checkpoint) -> dict:
-    return {"journal_id": cp.journal_id, "path": cp.path, "run_id": cp.run_id,
-            "mlflow_run_id": cp.mlflow_run_id, "byte_offset": cp.position.offset, "line": cp.position.line,
-            "seq": cp.position.seq, "records": cp.records, "ended": bool(cp.ended), "last_error": cp.last_error,
-            "updated_ms": cp.updated_ms or int(time.time() * 1000)}
-
-
-def _further(a: Checkpoint | None, b: Checkpoint | None) -> Checkpoint | None:
-    """The checkpoint that claims more (both claim no more than the store holds)."""
-    if a is None or b is None:
-        return a or b
-    return b if (b.position.offset, b.ended) > (a.position.offset, a.ended) else a
-
-
-class BulkCheckpoints:
-    """Checkpoints in the store's own database (table :data:`CHECKPOINTS`); thread-safe.
-
-    Standalone (``ff-ingest status``) it reads and writes on its own. Inside a
-    :class:`BulkSink`, every call first commits the sink's open group, and the
-    sink writes checkpoints itself, inside the transaction of their data.
-    """
-
-    def __init__(self, engine: sa.Engine, dialect: str, *, display_uri: str, legacy=None,
-                 run_exists=None) -> None:
-        self.engine = engine
-        self.path = f"{display_uri} (table {CHECKPOINT_TABLE})"  # where they live, for status
-        self._insert = _dialect_insert(dialect)
-        self._legacy = legacy  # the API sink's SqliteCheckpoints of this store, if any
-        self._run_exists = run_exists  # mlflow run id -> bool, to trust a legacy row
-        self._before = None  # set by BulkSink: commit its open group first
-        self._lock = threading.RLock()
-        stmt = self._insert(CHECKPOINTS)
-        self.upsert = stmt.on_conflict_do_update(
-            index_elements=[CHECKPOINTS.c.journal_id],
-            set_={c.name: stmt.excluded[c.name] for c in CHECKPOINTS.columns if c.name != "journal_id"})
-
-    def _sync(self) -> None:
-        if self._before is not None:
-            self._before()
-
-    def _trusted(self, cp: Checkpoint | None) -> Checkpoint | None:
-        if cp is None or self._run_exists is None:
-            return cp
-        return cp if cp.mlflow_run_id and self._run_exists(cp.mlflow_run_id) else None
-
-    def get(self, journal_id: str) -> Checkpoint | None:
-        with self._lock:
-            self._sync()
-            with _reading(self.engine) as conn:
-                row = conn.execute(sa.select(CHECKPOINTS).where(CHECKPOINTS.c.journal_id == journal_id)).first()
-            own = _row_to_checkpoint(row) if row is not None else None
-            legacy = self._legacy.get(journal_id) if self._legacy is not None else None
-            return _further(own, self._trusted(legacy))
-
-    def all(self) -> list[Checkpoint]:
-        with self._lock:
-            self._sync()
-            with _reading(self.engine) as conn:
-                rows = {r.journal_id: _row_to_checkpoint(r) for r in conn.execute(sa.select(CHECKPOINTS))}
-            for cp in self._legacy.all() if self._legacy is not None else ():
-                rows[cp.journal_id] = _further(rows.get(cp.journal_id), self._trusted(cp))
-            return sorted((cp for cp in rows.values() if cp is not None), key=lambda cp: cp.path)
-
-    def put(self, checkpoint: Checkpoint) -> None:
-        with self._lock:
-            self._sync()
-            with self.engine.begin() as conn:
-                conn.execute(self.upsert, [_checkpoint_row(checkpoint)])
-
-    def record_error(self, journal_id: str, path: str, run_id: str, error: str) -> None:
-        with self._lock:
-            old = self.get(journal_id) or Checkpoint(journal_id=journal_id, path=path, run_id=run_id)
-            self.put(replace(old, last_error=error, updated_ms=int(time.time() * 1000)))
-
-    def close(self) -> None:
-        if self._legacy is not None:
-            self._legacy.close()
-
-
-def _legacy_checkpoints(state_folder: Path | None):
-    if state_folder is None or not (state_folder / "checkpoints.sqlite").is_file():
-        return None
-    from formula_foundry.tracking.ingest.checkpoints import SqliteCheckpoints
-
-    return SqliteCheckpoints(state_folder)
-
-
-def open_bulk_checkpoints(config, uri: str, state_folder: Path | None) -> BulkCheckpoints | None:
-    """The bulk sink's checkpoints of ``uri`` for readers (``ff-ingest status``), or None.
-
-    None when this store has none: not a SQLite/PostgreSQL store, ``ingest.sink: api``,
-    no such database file, no checkpoint table, or the database does not answer.
-    Creates nothing and needs no MLflow.
-    """
-    backend = _backend(uri)
-    if config.ingest.sink == "api" or backend not in _SUPPORTED:
-        return None
-    if backend == "sqlite":
-        db = _sqlite_file(uri)
-        if db is None or not db.is_file():
-            return None
-    try:
-        engine = make_engine(uri, busy_timeout=config.ingest.sqlite_busy_timeout_seconds)
-        with _reading(engine) as conn:
-            found = sa.inspect(conn).has_table(CHECKPOINT_TABLE)
-    except Exception as exc:  # noqa: BLE001 - a reader falls back to the API sink's file
-        log.warning("cannot read the bulk sink's checkpoints in %s: %s", redact_uri(uri), str(exc)[:300])
-        return None
-    if not found:
-        engine.dispose()
-        return None
-    return BulkCheckpoints(engine, backend, display_uri=redact_uri(uri),
-                           legacy=_legacy_checkpoints(state_folder))
-
-
-# --------------------------------------------------------------------------- the sink
-
-class BulkSink:
+class BulkSink(Sink):
     """The :class:`~.sink.Sink` for SQL stores: MLflow's API for runs, SQL for the bulk of the data."""
 
     kind = "bulk"
     absorbs_repeated_metrics = True  # INSERT ... ON CONFLICT DO NOTHING
 
-    def __init__(self, uri: str, *, engine: sa.Engine, api, state_folder: Path | None = None,
+    def __init__(self, uri: str, *, engine: sa.Engine, api: MlflowApi, fallback: CheckpointStore | None = None,
                  limits: Limits | None = None) -> None:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -406,12 +117,12 @@ class BulkSink:
         self._sanitize = SqlAlchemyStore.sanitize_metric_value
 
         self.uri = uri
-        self.display_uri = redact_uri(uri)
+        self.display_uri = redact(uri)
         self.engine = engine
         self.api = api  # MlflowSink: experiments, runs, artifacts
         self.limits = limits or Limits()  # what a full batch looks like (see _group_done)
         self.dialect = engine.dialect.name
-        insert = self._dialect_insert = _dialect_insert(self.dialect)
+        insert = self._dialect_insert = dialect_insert(self.dialect)
         self._runs = SqlRun.__table__
         self._metrics = SqlMetric.__table__
         self._latest_table = SqlLatestMetric.__table__
@@ -452,10 +163,12 @@ class BulkSink:
             index_elements=["key", "run_uuid"],
             set_={c: latest.excluded[c] for c in ("value", "timestamp", "step", "is_nan")})
 
-        CHECKPOINTS.create(engine, checkfirst=True)
-        self.checkpoints = BulkCheckpoints(engine, self.dialect, display_uri=self.display_uri,
-                                           legacy=_legacy_checkpoints(state_folder), run_exists=self._run_exists)
-        self.checkpoints._before = self.flush
+        # Checkpoints in the store's own database, written in the transaction of their data (commit);
+        # a reader first commits the open group. An API-sink file of the same store is merged in, a row
+        # of it trusted only if its MLflow run exists here.
+        self.checkpoints = SqlCheckpoints(
+            engine, location=f"{self.display_uri} (table {CHECKPOINTS.name})", before=self.flush,
+            fallback=fallback, trust=lambda cp: bool(cp.mlflow_run_id) and self._run_exists(cp.mlflow_run_id))
         self._lock = threading.RLock()
         # The open group: one transaction across consecutive commits of one journal.
         self._conn: sa.Connection | None = None
@@ -515,7 +228,7 @@ class BulkSink:
             except BaseException as exc:
                 self._abort()
                 if isinstance(exc, Exception):
-                    raise _classify(exc, self.uri, "commit") from None
+                    raise translate(exc, "commit", self.uri) from None
                 raise
             conn = self._conn
             self._conn = self._trans = None
@@ -547,16 +260,13 @@ class BulkSink:
         with self._lock:
             self.flush()
             p = self._params
-            try:
-                with _reading(self.engine) as conn:
-                    rows = conn.execute(sa.select(p.c.key, p.c.value).where(p.c.run_uuid == mlflow_run_id))
-                    return {key: value for key, value in rows}
-            except Exception as exc:  # noqa: BLE001 - classified
-                raise _classify(exc, self.uri, "read params") from None
+            with store_errors("read params", self.uri), reading(self.engine) as conn:
+                rows = conn.execute(sa.select(p.c.key, p.c.value).where(p.c.run_uuid == mlflow_run_id))
+                return {key: value for key, value in rows}
 
     def _run_exists(self, mlflow_run_id: str) -> bool:
         r = self._runs
-        with _reading(self.engine) as conn:
+        with reading(self.engine) as conn:
             return conn.execute(sa.select(r.c.run_uuid).where(r.c.run_uuid == mlflow_run_id)).first() is not None
 
     def _check_active(self, conn: sa.Connection, run: str) -> None:
@@ -575,7 +285,7 @@ class BulkSink:
             if batch.artifacts:
                 # Files first, through MLflow (which reads the run: no write lock of ours may be open).
                 self.flush()
-                self.api._write_artifacts(mlflow_run_id, batch.artifacts)
+                self.api.write_artifacts(mlflow_run_id, batch.artifacts)
             try:
                 conn = self._open(checkpoint.journal_id, mlflow_run_id)
                 if not self._group_checked and (batch.metrics or batch.params or batch.tags or batch.end):
@@ -596,11 +306,11 @@ class BulkSink:
                     status, end_time = batch.end
                     conn.execute(sa.update(self._runs).where(self._runs.c.run_uuid == mlflow_run_id)
                                  .values(status=status, end_time=end_time))
-                conn.execute(self.checkpoints.upsert, [_checkpoint_row(checkpoint)])
+                conn.execute(self.checkpoints.upsert, [to_row(checkpoint)])
             except BaseException as exc:
                 self._abort()
                 if isinstance(exc, Exception):
-                    raise _classify(exc, self.uri, f"records up to line {checkpoint.position.line - 1}") \
+                    raise translate(exc, f"records up to line {checkpoint.position.line - 1}", self.uri) \
                         from None
                 raise
             self._group_rows += len(batch.metrics)
@@ -712,13 +422,10 @@ class BulkSink:
         """Mark a run ended (the watch daemon's stale runs), as MLflow's ``set_terminated``."""
         with self._lock:
             self.flush()
-            try:
-                with self.engine.begin() as conn:
-                    self._check_active(conn, mlflow_run_id)
-                    conn.execute(sa.update(self._runs).where(self._runs.c.run_uuid == mlflow_run_id)
-                                 .values(status=status, end_time=end_time))
-            except Exception as exc:  # noqa: BLE001 - classified
-                raise _classify(exc, self.uri, "set status") from None
+            with store_errors("set status", self.uri), self.engine.begin() as conn:
+                self._check_active(conn, mlflow_run_id)
+                conn.execute(sa.update(self._runs).where(self._runs.c.run_uuid == mlflow_run_id)
+                             .values(status=status, end_time=end_time))
 
     def close(self) -> None:
         with self._lock:
@@ -726,60 +433,6 @@ class BulkSink:
                 self.flush()
             finally:
                 self.checkpoints.close()
-                self.api.close()
                 self.engine.dispose()
 
 
-# --------------------------------------------------------------------------- opening
-
-def open_bulk_sink(config, uri: str, state_folder: Path, forced: bool) -> BulkSink | None:
-    """The bulk sink for ``uri``, or None (with a one-line notice) to use the API sink.
-
-    ``forced`` (``--sink bulk``): raise :class:`IngestError` instead of falling back.
-    """
-    def decline(reason: str) -> None:
-        if forced:
-            raise IngestError(f"--sink bulk: {reason}")
-        log.warning("notice: bulk sink not used for %s: %s; using MLflow's client API", redact_uri(uri), reason)
-
-    backend = _backend(uri)
-    if backend not in _SUPPORTED:
-        decline(f"it writes to SQLite and PostgreSQL stores only, not {backend or uri.split(':')[0]}")
-        return None
-    if backend == "sqlite" and _sqlite_file(uri) is None:
-        decline("an in-memory SQLite store cannot be shared with MLflow")
-        return None
-    from formula_foundry.tracking.ingest.mlflow_sink import MlflowSink
-
-    busy = config.ingest.sqlite_busy_timeout_seconds
-    api = None
-
-    def api_sink() -> MlflowSink:
-        # Checkpoints are ours (in the store); the API sink only creates runs and writes artifacts.
-        return MlflowSink(uri, artifact_root_uri=config.tracking.artifact_root_uri,
-                          checkpoints=MemoryCheckpoints(), sqlite_busy_timeout=busy)
-
-    db = _sqlite_file(uri)
-    if db is not None and (not db.is_file() or db.stat().st_size == 0):
-        api = api_sink()  # MLflow creates the SQLite store (safely: see store_init) before we open it
-    engine = make_engine(uri, busy_timeout=busy)
-    try:
-        try:
-            revisions = store_revisions(engine)
-            if not revisions and api is None:  # an empty database: MLflow creates the store, then we look again
-                api = api_sink()
-                api.client.search_experiments(max_results=1)
-                revisions = store_revisions(engine)
-        except (StoreRejectedError, StoreUnavailableError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - an unreachable store is an error, not a fallback
-            raise _classify(exc, uri, "read the store's schema revision") from None
-        problem = revision_problem(revisions, installed_head_revision()) or model_problem()
-        if problem is not None:
-            engine.dispose()
-            decline(problem)
-            return None
-        return BulkSink(uri, engine=engine, api=api or api_sink(), state_folder=state_folder)
-    except BaseException:
-        engine.dispose()
-        raise

@@ -1,0 +1,5 @@
+import sys
+
+from formula_foundry.tracking.ingest.cli import main
+
+sys.exit(main())
