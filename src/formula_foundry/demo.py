@@ -55,6 +55,7 @@ from typing import Any
 
 from formula_foundry.substrate import ArtifactStore, DeterminismConfig, Manifest, RunArtifacts, init_run_dir
 from formula_foundry.tracking import Config, get_tracker, load_config
+from formula_foundry.tracking.conventions import convention_tags
 
 __all__ = [
     "AGENT",
@@ -249,15 +250,6 @@ def _at_ghz(points: Sequence[Mapping[str, float]], key: str, ghz: float) -> floa
 
 # --------------------------------------------------------------------------- the pipeline
 
-def _convention_tags(**values: str) -> dict[str, str]:
-    """Seed 003's tags, through ``conventions.convention_tags`` when it exists."""
-    try:
-        from formula_foundry.tracking.conventions import convention_tags
-    except ImportError:  # pragma: no cover - older trees without the helper
-        return {k: v for k, v in values.items() if v is not None}
-    return convention_tags(**values)
-
-
 def _design_doc(root: Path) -> Path | None:
     if os.environ.get("FF_DESIGN_DOC"):
         return None  # Manifest.from_environment reads it itself
@@ -319,7 +311,7 @@ def run_pipeline(config: Config | Path | str | None = None, *, seed: int = DEFAU
         description=("Formula Foundry demo: generate via-transition coupons (M1), simulate their "
                      "S-parameters (M2), and compare them at the band edge (M3 pipeline)."),
     ) as pipeline:
-        pipeline.set_tags(_convention_tags(task="M3-pipeline-demo", milestone="M3", agent=AGENT,
+        pipeline.set_tags(convention_tags(task="M3-pipeline-demo", milestone="M3", agent=AGENT,
                                            dataset_version=DATASET_VERSION, code_revision=code_revision))
         pipeline.log_params({
             "pipeline_version": PIPELINE_VERSION,
@@ -381,7 +373,7 @@ def _coupongen(tracker, coupon: Coupon, seed: int, manifest: Manifest, code_revi
     name = f"coupongen-{coupon.name}"
     with tracker.start_run(run_name=name, experiment_name=EXPERIMENT, manifest=manifest, run_artifacts=ra,
                            nested=True) as run:
-        run.set_tags(_convention_tags(task="M1-coupon-build", milestone="M1", agent=AGENT,
+        run.set_tags(convention_tags(task="M1-coupon-build", milestone="M1", agent=AGENT,
                                       dataset_version=DATASET_VERSION, code_revision=code_revision))
         run.set_tag("coupon", coupon.name)
         run.log_params({
@@ -423,7 +415,7 @@ def _simulate(tracker, coupon: Coupon, seed: int, manifest: Manifest, code_revis
     name = f"simulate-{coupon.name}"
     with tracker.start_run(run_name=name, experiment_name=EXPERIMENT, manifest=manifest, run_artifacts=ra,
                            nested=True) as run:
-        run.set_tags(_convention_tags(task="M2-sim-insertion-loss", milestone="M2", agent=AGENT,
+        run.set_tags(convention_tags(task="M2-sim-insertion-loss", milestone="M2", agent=AGENT,
                                       dataset_version=DATASET_VERSION, code_revision=code_revision))
         run.set_tag("coupon", coupon.name)
         run.log_params({

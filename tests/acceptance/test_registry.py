@@ -284,3 +284,15 @@ def test_criterion_validates_on_construction() -> None:
         criterion("c > 0")
     with pytest.raises(AcceptanceError, match="required_metrics is empty"):
         criterion("1 > 0", metrics=())
+
+
+def test_unknown_task_in_a_huge_registry_names_a_few_and_the_count() -> None:
+    """200,000 tasks: the message shows a few ids and the count, not a 2 MB line."""
+    from dataclasses import replace
+
+    base = criterion("a > 0")
+    registry = Registry.from_criteria([replace(base, task_id=f"T-{i}") for i in range(200_000)])
+    with pytest.raises(AcceptanceError) as info:
+        registry.criterion("X")
+    message = str(info.value)
+    assert "T-0, T-1" in message and "(200000 in all)" in message and len(message) < 400

@@ -438,26 +438,25 @@ def test_newer_format_version_is_refused(store_project, capsys):
 
 
 def test_mlflow_rejection_names_journal_records_and_reason(store_project, capsys):
-    """A record MLflow refuses (a metric key with '?', which only a hand-made journal can carry): that
-    journal stops at the batch holding it, the error names the journal, the records (seq and lines)
-    and MLflow's reason; exit 1; the other journals are ingested."""
+    """A batch the store refuses (its run was deleted in MLflow after the first ingest; a record of the
+    wrong shape is refused earlier, by the schema: see test_bad_records.py): that journal stops at the
+    batch, the error names the journal, the records (seq and lines) and MLflow's reason; exit 1; the
+    other journals are ingested."""
     _, healthy = two_runs(store_project)
-    rid, jid = "d" * 32, "e" * 16
-    bad = healthy.journal_path.parent / f"{rid}.{jid}.jsonl"
-    records = [{"type": "run_start", "run_id": rid, "journal_id": jid, "experiment": "damage",
-                "run_name": "rejected", "parent_run_id": None, "tags": {"ff.run_id": rid}},
-               {"type": "metric", "key": "fine", "value": 1.0, "step": 0},
-               {"type": "metric", "key": "bad?key", "value": 1.0, "step": 0},
-               {"type": "run_end", "status": "FINISHED"}]
-    bad.write_bytes(b"".join(frame({"v": 1, "seq": i, "ts": MTS + i, **r}) for i, r in enumerate(records)))
+    doomed = tracker(store_project).start_run("doomed", experiment_name="damage")
+    doomed.log_metric("fine", 1.0, step=0)
+    assert ingest(store_project) == 0
+    client = mlflow_client(store_project)
+    client.delete_run(run_by_ff_id(client, doomed.run_id).info.run_id)
+    doomed.log_metric("fine", 2.0, step=1)
+    doomed.end()
     code, summary = ingest_json(store_project, capsys)
     assert code == 1
     (detail,) = [d for d in summary["details"] if d["errors"]]
     message = detail["errors"][0]
-    assert detail["path"] == str(bad) and message.startswith(f"{bad}: records 0..3 (lines 1..4): ")
-    assert "bad?key" in message and "Names may only contain alphanumerics" in message
-    client = mlflow_client(store_project)
-    assert run_by_ff_id(client, rid).info.status == "RUNNING"
+    path = doomed.journal_path
+    assert detail["path"] == str(path) and message.startswith(f"{path}: records 2..3 (lines 3..4): ")
+    assert "active" in message
     assert steps(client, healthy) == list(range(20))
 
 

@@ -185,6 +185,9 @@ def evaluate(criterion: Criterion, metrics: Mapping[str, float], *, run_id: str 
     return result(False, f"false with {shown}{detail}{nan_note}")
 
 
+KNOWN_SHOWN = 10  # task ids named in "no criterion" errors (a registry can hold many thousands)
+
+
 @dataclass(frozen=True)
 class Registry:
     """Acceptance criteria by task id (read-only mapping), and where they were loaded from.
@@ -240,7 +243,9 @@ class Registry:
         try:
             return self.criteria[task_id]
         except KeyError:
-            known = ", ".join(self.criteria) or "none"
+            known = ", ".join(list(self.criteria)[:KNOWN_SHOWN]) or "none"
+            if len(self.criteria) > KNOWN_SHOWN:
+                known += f", ... ({len(self.criteria)} in all)"
             where = f" in {self.path}" if self.path is not None else ""
             raise AcceptanceError(f"no acceptance criterion for task {task_id!r}{where}; "
                                   f"known tasks: {known}") from None

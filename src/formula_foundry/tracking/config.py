@@ -133,6 +133,9 @@ class JournalConfig:
     on_write_error: str = _key("raise", choices=WRITE_ERROR_POLICIES)
     # Opt-in: SIGTERM ends the process's open runs KILLED, then exits 143.
     end_runs_on_sigterm: bool = _key(False)
+    # The content-addressed substrate store that real artifacts (run.log_artifact, log_figure, ...)
+    # are snapshotted into before their journal record is written.
+    artifact_store: Path = _key(Path("data/artifacts"), resolve="path", env="FF_ARTIFACT_STORE")
 
 
 @dataclass(frozen=True)

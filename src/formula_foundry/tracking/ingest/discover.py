@@ -1,14 +1,35 @@
-"""Find journal files under roots and explicit paths."""
+"""Find journal files under roots and explicit paths.
+
+What discovery takes (docs/journal-format.md, "Where journals live"):
+
+* **Regular files only.** A FIFO, socket, device or folder named like a journal is
+  skipped with a warning: opening a FIFO for reading waits for a writer forever,
+  which would hang a batch, ``status`` and ``--watch`` alike.
+* **No symlink below a root is followed.** A symlinked folder is not descended and a
+  symlink named like a journal is skipped with a warning, wherever it points: what
+  ingests is what lies under the roots, never what a link reaches outside them (or a
+  second name of a journal inside them). The roots themselves, and files or folders
+  named explicitly (``ff-ingest PATH``), may be symlinks: naming them is the consent.
+
+Each skipped path goes to the ``on_skip(path, reason)`` callback when one is given,
+else to a logged warning, once per process (a daemon rescans often).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from formula_foundry.tracking.journal import JOURNAL_SUFFIX
 
-__all__ = ["discover", "is_journal", "journal_id_of"]
+__all__ = ["discover", "is_journal", "journal_id_of", "skip_reason"]
+
+log = logging.getLogger(__name__)
+
+_logged: set[tuple[Path, str]] = set()  # skips this process has logged (a daemon rescans often)
 
 
 def is_journal(path: Path) -> bool:
@@ -22,26 +43,80 @@ def journal_id_of(path: Path) -> str | None:
     return parts[1] if len(parts) == 3 else None
 
 
-def discover(roots: Iterable[Path], paths: Iterable[Path] = ()) -> list[Path]:
+def skip_reason(path: Path | str, *, follow_symlinks: bool = False) -> str | None:
+    """Why ``path`` (named like a journal) is not taken as one, or None when it is a regular file.
+
+    Without ``follow_symlinks`` a symlink is refused whatever it points to (a path
+    found below a root); with it, the file it points to is judged (a path named
+    explicitly). A path that is gone gives None: the reader reports that, if it is
+    still gone when read.
+    """
+    try:
+        mode = (os.stat if follow_symlinks else os.lstat)(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symlink: not followed below a journal root (name the file itself to ingest it)"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    return f"{kind}, not a regular file: not a journal"
+
+
+def file_size(path: Path) -> int | None:
+    """The size of ``path`` in bytes, or None when it cannot be stat'ed (gone, unreadable folder)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def discover(roots: Iterable[Path], paths: Iterable[Path] = (), *,
+             on_skip: Callable[[Path, str], None] | None = None) -> list[Path]:
     """Every journal under ``roots`` (recursively) and ``paths`` (files, or folders searched recursively).
 
     Missing roots are skipped (a fresh project has no ``data/runs`` yet); the
-    result is sorted and free of duplicates.
+    result is sorted and free of duplicates. Special files and symlinks are
+    skipped as the module docstring says.
     """
     found: dict[Path, None] = {}
+
+    def skip(path: Path, reason: str) -> None:
+        if on_skip is not None:
+            on_skip(path, reason)
+        elif (path, reason) not in _logged:
+            _logged.add((path, reason))
+            log.warning("%s: skipped: %s", path, reason)
+
     for item in [*roots, *paths]:
         item = Path(item)
-        if item.is_file():
-            found[item.resolve()] = None
-            continue
-        if not item.is_dir():
-            continue
-        for folder, dirs, files in os.walk(item, followlinks=False):
-            dirs.sort()
-            if os.path.basename(folder) != "tracking":
-                continue
-            for name in files:
-                path = Path(folder, name)
-                if is_journal(path):
-                    found[path.resolve()] = None
+        if item.is_dir():
+            _walk(item, found, skip)
+        elif item.exists():  # a root that does not exist yet is no error; nor is a vanished path
+            reason = skip_reason(item, follow_symlinks=True)
+            if reason is None:
+                found[item.resolve()] = None
+            else:
+                skip(item, reason)
     return sorted(found)
+
+
+def _walk(top: Path, found: dict[Path, None], skip: Callable[[Path, str], None]) -> None:
+    """The journals below ``top``, following no symlink below it."""
+    for folder, dirs, files in os.walk(top, followlinks=False):
+        dirs.sort()
+        if os.path.basename(folder) != "tracking":
+            continue
+        for name in files:
+            path = Path(folder, name)
+            if not is_journal(path):
+                continue
+            reason = skip_reason(path)
+            if reason is None:
+                found[path.resolve()] = None
+            else:
+                skip(path, reason)

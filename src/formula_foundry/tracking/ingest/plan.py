@@ -11,17 +11,27 @@ replaying a half-applied record is harmless (see :mod:`.sink`).
 Metrics are de-duplicated inside a batch on MLflow's primary key (key,
 timestamp, step, value, is_nan): MLflow's own recovery path for duplicate
 keys re-inserts row by row, which is slow on large batches.
+
+Every record is checked against the schema of its type
+(:mod:`.schema`) before it becomes part of a batch: :meth:`BatchBuilder.add`
+raises :class:`~.schema.RecordSchemaError`; :meth:`BatchBuilder.add_chunk`
+stops at the bad record (or passes over it, given ``on_skip``) and keeps
+the batches of every record before it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 from operator import itemgetter
 
 import orjson
 
+from formula_foundry.errors import CorruptRecordError
 from formula_foundry.tracking.events import decode_metric_value, iter_metrics, iter_pairs
+from formula_foundry.tracking.ingest.schema import RecordChecker, RecordSchemaError
 from formula_foundry.tracking.ingest.sink import Batch
 from formula_foundry.tracking.journal import Chunk, ReadPosition
 
@@ -105,12 +115,25 @@ class BatchBuilder:
     ``dedupe=False`` keeps repeated metric points (for a sink whose insert absorbs
     them, such as the bulk sink's ``ON CONFLICT DO NOTHING``): the batches then
     differ only in those repeats.
+
+    Records are checked by a :class:`~.schema.RecordChecker`: ``header`` (the type
+    of the journal's first record) turns on its order rules, ``ended`` says the
+    journal's end record was taken before. In :meth:`add_chunk`, a record that
+    fails becomes a :class:`~formula_foundry.errors.CorruptRecordError` naming
+    ``path``, its line and byte offset: passed to ``on_skip`` and passed over,
+    or, without ``on_skip``, kept in :attr:`error` while the builder stops
+    before it (it takes nothing more).
     """
 
     def __init__(self, limits: Limits = MLFLOW_LIMITS, *, start: ReadPosition | None = None,
-                 dedupe: bool = True) -> None:
+                 dedupe: bool = True, header: str | None = None, ended: bool = False,
+                 path: object = None, on_skip: Callable[[CorruptRecordError], None] | None = None) -> None:
         self.limits = limits
         self.dedupe = dedupe
+        self.checker = RecordChecker(header=header, ended=ended)
+        self.path = path
+        self.on_skip = on_skip
+        self.error: CorruptRecordError | None = None  # the bad record the builder stopped before
         self._batch = Batch()
         self._seen: set[tuple] = set()
         self._bytes = 0
@@ -143,7 +166,12 @@ class BatchBuilder:
         self._bytes = 0
 
     def add(self, record: dict, end: ReadPosition) -> list[Batch]:
-        """Add one verified record that ends at ``end``; returns batches that are ready to commit."""
+        """Add one verified record that ends at ``end``; returns batches that are ready to commit.
+
+        Raises :class:`~.schema.RecordSchemaError` (and changes nothing) if the record does not
+        match the schema of its type.
+        """
+        self.checker.check(record)
         out: list[Batch] = []
         kind = record["type"]
         if kind in ("metric", "metrics"):
@@ -199,30 +227,88 @@ class BatchBuilder:
         """Add every record of ``chunk``: the same batches as :meth:`add` record by record, faster.
 
         Without dedupe (the bulk sink), runs of ``metric`` records, most of a
-        backfill, become point tuples in a few list passes and are cut into
-        batches by slicing; a record's end position is computed only where a
-        batch is cut. With dedupe (the API sink, where MLflow's ~100 µs per metric
-        dwarfs this), records go through :meth:`add` one by one.
+        backfill, are checked and become point tuples in a few list passes
+        (:meth:`~.schema.RecordChecker.metric_points`; a doubtful run is checked
+        record by record) and are cut into batches by slicing; a record's end
+        position is computed only where a batch is cut. With dedupe (the API
+        sink, where MLflow's ~100 µs per metric dwarfs this), records go through
+        :meth:`add` one by one. A record that fails its schema check: see the class.
         """
         out: list[Batch] = []
-        records = chunk.records
-        if self.dedupe:
-            for i, record in enumerate(records):
-                out += self.add(record, chunk.end(i))
+        if self.error is not None:
             return out
+        records = chunk.records
         i, n = 0, len(records)
+        if self.dedupe:
+            while i < n:
+                try:
+                    out += self.add(records[i], chunk.end(i))
+                except RecordSchemaError as exc:
+                    if not self._refuse(chunk, i, exc):
+                        return out
+                i += 1
+            return out
+        # Every metric record of the chunk checked (and made a point) at once; each run of them
+        # then takes its slice. None: something is doubtful, each run is checked on its own.
+        kinds = chunk.kinds
+        metrics = kinds.count("metric")
+        # Without on_skip the reader passes no line over: seq follows seq from the journal's header.
+        contiguous = self.on_skip is None and self.checker.header is not None
+        checked = None
+        if metrics:
+            checked = self.checker.metric_points(
+                records if metrics == n else list(compress(records, [k == "metric" for k in kinds])),
+                with_mts=chunk.metric_timestamps, contiguous=contiguous)
+        taken = 0  # points of ``checked`` already added
         while i < n:
-            if records[i]["type"] == "metric":
-                end = _metric_run_end(chunk.kinds, i)
-                self._add_points(_points(records[i:end], chunk.metric_timestamps), chunk, i, out)
+            if kinds[i] == "metric":
+                end = _metric_run_end(kinds, i)
+                bad = None
+                if checked is not None:
+                    points = checked[taken:taken + end - i] if metrics != n else checked
+                    taken += end - i
+                else:
+                    part = records[i:end]
+                    points = self.checker.metric_points(part, with_mts=chunk.metric_timestamps,
+                                                        contiguous=contiguous)
+                    if points is None:  # something in this run is doubtful: record by record
+                        bad = self.checker.first_bad(part)
+                        if bad is not None:
+                            part = part[:bad[0]]
+                            end = i + bad[0]
+                        points = _points(part, True)
+                self._add_points(points, chunk, i, out)
                 i = end
+                if bad is not None:
+                    if not self._refuse(chunk, i, bad[1]):
+                        return out
+                    i += 1
             else:
                 if i:
                     self.position = chunk.end(i - 1)  # where a cut before this record falls
-                out += self.add(records[i], chunk.end(i))
+                try:
+                    out += self.add(records[i], chunk.end(i))
+                except RecordSchemaError as exc:
+                    if not self._refuse(chunk, i, exc):
+                        return out
+                if self.checker.ended:
+                    checked = None  # nothing may follow an end record: the runs after it are checked alone
                 i += 1
         self.position = chunk.end(-1)
         return out
+
+    def _refuse(self, chunk: Chunk, i: int, exc: RecordSchemaError) -> bool:
+        """Record ``i`` of ``chunk`` failed its check: pass over it (True) or stop before it (False)."""
+        error = CorruptRecordError(f"record does not match its schema: {exc}", path=self.path,
+                                   line=chunk.line(i), offset=chunk.offset(i))
+        if self.on_skip is None:
+            if i:
+                self.position = chunk.end(i - 1)
+            self.error = error
+            return False
+        self.on_skip(error)
+        self.position = chunk.end(i)  # a cut from here on covers the record passed over
+        return True
 
     def _add_points(self, points: list[tuple], chunk: Chunk, first: int, out: list[Batch]) -> None:
         """Add the points of the metric records ``chunk.records[first:first + len(points)]``, a slice at a time.

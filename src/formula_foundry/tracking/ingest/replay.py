@@ -11,8 +11,15 @@ parent (or owner) run is neither in this pass nor in the store waits.
 Per journal: find the MLflow run (the checkpoint remembers it; after a crash,
 the ``ff.run_id`` tag finds it; otherwise create it with that tag), then
 stream records through :class:`~.plan.BatchBuilder` and commit each batch with
-the checkpoint it completes. A corrupt line or a sequence gap stops that
-journal after committing everything before it; the other journals go on.
+the checkpoint it completes. A corrupt line, a sequence gap or a record that
+does not match the schema of its type (:mod:`.schema`) stops that journal
+after committing everything before it; the other journals go on.
+
+What one journal holds never stops the pass: anything its content or its
+file raises (an unreadable file, a run that is its own ancestor, a record of
+the wrong shape) becomes that journal's error. Only the store's own failures
+(:class:`~formula_foundry.errors.StoreUnavailableError`, and whatever a sink
+or the progress callback raises) leave :meth:`Replayer.ingest`.
 """
 
 from __future__ import annotations
@@ -24,10 +31,14 @@ from pathlib import Path
 
 from formula_foundry.errors import (
     CorruptRecordError,
+    FormulaFoundryError,
     StoreRejectedError,
     UnsupportedVersionError,
 )
+from formula_foundry.tracking.ingest.continuity import mismatch
+from formula_foundry.tracking.ingest.discover import file_size
 from formula_foundry.tracking.ingest.plan import MLFLOW_LIMITS, BatchBuilder, Limits
+from formula_foundry.tracking.ingest.schema import RecordChecker, RecordSchemaError
 from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, Sink
 from formula_foundry.tracking.journal import JournalReader, ReadPosition
 
@@ -95,36 +106,74 @@ class PassReport:
 
 
 def read_header(path: Path) -> Header | None:
-    """The journal's first record as a :class:`Header`; None while it is not complete yet."""
+    """The journal's first record as a :class:`Header`; None while it is not complete yet.
+
+    Raises :class:`~formula_foundry.errors.CorruptRecordError` (line 1) for a first record that is
+    not a ``run_start``/``run_attach`` matching its schema.
+    """
     first = JournalReader(path).first_record()
     if first is None:
         return None
     if first["type"] not in ("run_start", "run_attach"):
         raise CorruptRecordError(f"first record is {first['type']!r}, not run_start/run_attach",
                                  path=path, line=1, offset=0)
+    try:
+        RecordChecker(header=first["type"]).check(first)
+    except RecordSchemaError as exc:
+        raise CorruptRecordError(f"record does not match its schema: {exc}", path=path, line=1,
+                                 offset=0) from None
     return Header(path=path, kind=first["type"], run_id=first["run_id"], journal_id=first["journal_id"],
                   experiment=first.get("experiment"), run_name=first.get("run_name"),
                   parent_run_id=first.get("parent_run_id"), tags=first.get("tags") or {}, ts=first["ts"])
 
 
+def parent_loops(headers: list[Header]) -> set[str]:
+    """The run ids on a loop of ``parent_run_id`` links (a run that is its own ancestor). Such a run
+    cannot be created after its parent; runs below a loop are not on it (they wait)."""
+    parent = {h.run_id: h.parent_run_id for h in headers if h.kind == "run_start"}
+    looped: set[str] = set()
+    cleared: set[str] = set()
+    for start in parent:
+        path: list[str] = []
+        index: dict[str, int] = {}
+        node = start
+        while node in parent and node not in cleared and node not in looped:
+            if node in index:
+                looped.update(path[index[node]:])
+                break
+            index[node] = len(path)
+            path.append(node)
+            node = parent[node]
+        cleared.update(n for n in path if n not in looped)
+    return looped
+
+
 def order_headers(headers: list[Header]) -> list[Header]:
-    """Parents before children; a run's own journal before its attached segments. Stable otherwise."""
+    """Parents before children; a run's own journal before its attached segments. Stable otherwise.
+
+    Iterative, and safe on loops of ``parent_run_id`` links (see :func:`parent_loops`): a header
+    already on the chain being placed is not visited again.
+    """
     owners = {h.run_id: h for h in headers if h.kind == "run_start"}
     done: set[int] = set()
     out: list[Header] = []
 
-    def visit(h: Header, depth: int = 0) -> None:
-        if id(h) in done or depth > 1000:
-            return
-        if h.kind == "run_start" and h.parent_run_id in owners:
-            visit(owners[h.parent_run_id], depth + 1)
-        if h.kind == "run_attach" and h.run_id in owners:
-            visit(owners[h.run_id], depth + 1)
-        done.add(id(h))
-        out.append(h)
+    def before(h: Header) -> Header | None:
+        if h.kind == "run_start":
+            return owners.get(h.parent_run_id) if h.parent_run_id else None
+        return owners.get(h.run_id)
 
     for h in sorted(headers, key=lambda h: (h.kind != "run_start", h.ts)):
-        visit(h)
+        chain: list[Header] = []
+        on_chain: set[int] = set()
+        node: Header | None = h
+        while node is not None and id(node) not in done and id(node) not in on_chain:
+            chain.append(node)
+            on_chain.add(id(node))
+            node = before(node)
+        for node in reversed(chain):
+            done.add(id(node))
+            out.append(node)
     return out
 
 
@@ -152,18 +201,24 @@ class Replayer:
         for path in paths:
             try:
                 header = read_header(path)
-            except (CorruptRecordError, UnsupportedVersionError, KeyError) as exc:
-                jr = JournalReport(path=path, state="error", errors=[_describe(exc, path)])
-                report.journals.append(jr)
-                continue
             except FileNotFoundError:
                 continue  # vanished between discovery and reading (a moved run dir)
+            except Exception as exc:  # noqa: BLE001 - this journal's content or file: its error, never the pass's
+                report.journals.append(JournalReport(path=path, state="error", errors=[_describe(exc, path)]))
+                continue
             if header is None:
                 report.journals.append(JournalReport(path=path, state="pending",
-                                                     pending_bytes=_size(path)))
+                                                     pending_bytes=(file_size(path) or 0)))
                 continue
             headers.append(header)
+        looped = parent_loops(headers)
         for header in order_headers(headers):
+            if header.kind == "run_start" and header.run_id in looped:
+                report.journals.append(JournalReport(
+                    path=header.path, journal_id=header.journal_id, run_id=header.run_id, state="error",
+                    errors=[f"{header.path}:1 (byte offset 0): parent_run_id {header.parent_run_id} makes run "
+                            f"{header.run_id} its own ancestor (a loop of parent runs); it cannot be created"]))
+                continue
             report.journals.append(self.ingest_journal(header))
         report.elapsed = self.clock() - started
         return report
@@ -171,7 +226,7 @@ class Replayer:
     def pending_bytes(self, path: Path, journal_id: str | None) -> int:
         """Bytes of ``path`` beyond its checkpoint (what an ingest would read)."""
         cp = self.sink.checkpoints.get(journal_id) if journal_id else None
-        return max(0, _size(path) - (cp.position.offset if cp else 0))
+        return max(0, (file_size(path) or 0) - (cp.position.offset if cp else 0))
 
     # -- one journal ----------------------------------------------------------------
 
@@ -241,7 +296,15 @@ class Replayer:
         jr = JournalReport(path=path, journal_id=header.journal_id, run_id=header.run_id)
         cp = self.sink.checkpoints.get(header.journal_id)
         base = cp or Checkpoint(journal_id=header.journal_id, path=str(path), run_id=header.run_id)
-        if cp is not None and cp.ended and cp.position.offset >= _size(path):
+        size = file_size(path) or 0
+        drift = mismatch(path, size, header.run_id, header.journal_id, cp)
+        if drift is not None:  # never ingest an impostor; the checkpoint of a copy's original stays clean
+            if drift.kind == "copy":
+                jr.state = "error"
+                jr.errors.append(drift.message)
+                return jr
+            return self._fail(jr, base, drift.message)
+        if cp is not None and cp.ended and cp.position.offset >= size:
             jr.state, jr.mlflow_run_id = "up-to-date", cp.mlflow_run_id
             if cp.mlflow_run_id:
                 self.run_map[header.run_id] = cp.mlflow_run_id
@@ -258,11 +321,15 @@ class Replayer:
         base = replace(base, path=str(path), mlflow_run_id=mlflow_run_id)
         reader = JournalReader(path)
         builder = BatchBuilder(self.limits, start=base.position,
-                               dedupe=not getattr(self.sink, "absorbs_repeated_metrics", False))
+                               dedupe=not self.sink.absorbs_repeated_metrics,
+                               header=header.kind, ended=base.ended, path=path,
+                               on_skip=(lambda e: jr.skipped.append(str(e))) if self.skip_corrupt else None)
         position = base.position
+        in_store = False  # True while a store call (or the progress callback) runs: its errors are not ours
 
         def commit(batch: Batch) -> None:
-            nonlocal base, position
+            nonlocal base, position, in_store
+            in_store = True
             self._filter_params(mlflow_run_id, batch, jr)
             new = base.advanced(batch.position, batch.records, ended=batch.closes_journal,
                                 mlflow_run_id=mlflow_run_id, now_ms=int(self.clock() * 1000))
@@ -274,6 +341,7 @@ class Replayer:
             self._params.setdefault(mlflow_run_id, {}).update(batch.params)
             if self.on_progress:
                 self.on_progress(batch.position.offset - position.offset)
+            in_store = False
             base, position = new, batch.position
             jr.records += batch.records
             jr.batches += 1
@@ -283,10 +351,17 @@ class Replayer:
                                        on_skip=lambda e: jr.skipped.append(str(e))):
                 for batch in builder.add_chunk(chunk):
                     commit(batch)
+                if builder.error is not None:
+                    raise builder.error
             tail = builder.flush()
             if tail is not None:
                 commit(tail)
-        except (CorruptRecordError, UnsupportedVersionError) as exc:
+        except _Rejected as rejected:
+            return self._fail(jr, base, str(rejected))
+        except (CorruptRecordError, UnsupportedVersionError, OSError) as exc:
+            if in_store:
+                raise
+            # The reader or the builder stopped cleanly before the bad line: keep what came before it.
             tail = builder.flush()
             try:
                 if tail is not None:
@@ -294,8 +369,12 @@ class Replayer:
             except _Rejected as rejected:
                 return self._fail(jr, base, str(rejected))
             return self._fail(jr, base, _describe(exc, path))
-        except _Rejected as rejected:
-            return self._fail(jr, base, str(rejected))
+        except Exception as exc:  # noqa: BLE001 - anything else this journal's content raised
+            if in_store:
+                raise
+            # Nothing of the open batch is committed (its builder may be half-way through a record);
+            # the journal stays at its last checkpoint.
+            return self._fail(jr, base, f"{path}: cannot ingest: {type(exc).__name__}: {exc}")
         jr.pending_bytes = reader.pending_bytes
         if jr.skipped:
             jr.warnings.extend(f"skipped corrupt line (--skip-corrupt): {s}" for s in jr.skipped)
@@ -310,14 +389,18 @@ class Replayer:
 
     def _dry_run(self, header: Header, cp: Checkpoint | None, jr: JournalReport) -> JournalReport:
         start = cp.position if cp else ReadPosition()
-        builder = BatchBuilder(self.limits)
+        builder = BatchBuilder(self.limits, header=header.kind, ended=cp is not None and cp.ended,
+                               path=header.path,
+                               on_skip=(lambda e: jr.skipped.append(str(e))) if self.skip_corrupt else None)
         reader = JournalReader(header.path)
         try:
             for chunk in reader.chunks(start, skip_corrupt=self.skip_corrupt):
                 jr.batches += len(builder.add_chunk(chunk))
+                if builder.error is not None:
+                    raise builder.error
                 jr.records += len(chunk)
             jr.batches += builder.flush() is not None
-        except (CorruptRecordError, UnsupportedVersionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - this journal's content or file: its error
             jr.errors.append(_describe(exc, header.path))
             jr.state = "error"
             return jr
@@ -332,12 +415,7 @@ class _Rejected(Exception):
 
 
 def _describe(exc: BaseException, path: Path) -> str:
-    text = str(exc)
+    """One line naming the journal: the error's own text, prefixed with the path (and, for an error
+    that is not one of ours, its type: ``PermissionError: [Errno 13] ...``)."""
+    text = str(exc) if isinstance(exc, FormulaFoundryError) else f"{type(exc).__name__}: {exc}"
     return text if str(path) in text else f"{path}: {text}"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0

@@ -61,7 +61,7 @@ from pathlib import Path
 
 from formula_foundry.errors import CorruptRecordError, StoreUnavailableError, UnsupportedVersionError
 from formula_foundry.tracking.config import Config, WatchConfig
-from formula_foundry.tracking.ingest.discover import discover, is_journal
+from formula_foundry.tracking.ingest.discover import discover, file_size, is_journal
 from formula_foundry.tracking.ingest.replay import JournalReport, PassReport, Replayer
 from formula_foundry.tracking.ingest.sink import Sink
 from formula_foundry.tracking.ingest.stores.connect import open_sink, store_lock
@@ -253,14 +253,14 @@ class Follower:
         self.rescans += 1
         for path in discover(self.roots, self.paths):
             self._known.add(path)
-            if self._sizes.get(path) != _size(path):
+            if self._sizes.get(path) != (-1 if (size := file_size(path)) is None else size):
                 self._dirty.add(path)
         self._dirty |= self._waiting
 
     def _ingest(self, now: float) -> PassReport:
         paths = sorted(self._dirty)
         self._dirty.clear()
-        sizes = {p: _size(p) for p in paths}
+        sizes = {p: (-1 if (size := file_size(p)) is None else size) for p in paths}
         try:
             reports = self._replay(paths)
         except _Interrupted:
@@ -403,13 +403,6 @@ class Follower:
                                      idle_s=round(idle, 1), action=action,
                                      marked=_STATUS_OF_ACTION.get(action),
                                      segment=None if owner else "attached"))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
 
 
 # --------------------------------------------------------------------------- the file-system side (threads)

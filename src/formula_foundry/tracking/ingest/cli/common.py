@@ -11,6 +11,7 @@ import click
 
 from formula_foundry.errors import MlflowMissingError
 from formula_foundry.tracking.config import Config, check_tracking_uri, load_config
+from formula_foundry.tracking.ingest.cli import INSTALL_HINT
 
 __all__ = ["common", "human_bytes", "load", "require_mlflow", "setup_logging"]
 
@@ -51,8 +52,6 @@ def load(config_path: str | None, roots: tuple[str, ...], tracking_uri: str | No
 
 def require_mlflow() -> None:
     """Raise :class:`MlflowMissingError` (exit 4) when MLflow cannot be imported."""
-    from formula_foundry.tracking.ingest.cli import INSTALL_HINT
-
     try:
         import mlflow  # noqa: F401
     except ImportError:

@@ -73,7 +73,10 @@ from formula_foundry.tracking.config import Config
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
 from formula_foundry.tracking.ingest.discover import discover
+from formula_foundry.tracking.events import MetricPoint
+from formula_foundry.tracking.ingest.sink import Batch
 from formula_foundry.tracking.ingest.store_errors import classify
+from formula_foundry.tracking.ingest.stores.bulk.schema import installed_head_revision, is_known_revision
 from formula_foundry.tracking.ingest.stores.connect import read_checkpoints, state_dir
 from formula_foundry.tracking.ingest.stores.engine import make_engine
 from formula_foundry.tracking.ingest.stores.http import http_get, short_http_requests
@@ -300,8 +303,6 @@ def check_schema(uri: str, cfg: Config, *, timeout: float) -> Check:
     import sqlalchemy
     from alembic.runtime.migration import MigrationContext
 
-    from formula_foundry.tracking.ingest.stores.bulk.schema import installed_head_revision, is_known_revision
-
     head = installed_head_revision()
     engine = make_engine(uri, connect_timeout=timeout, read_only=True)
     try:
@@ -353,9 +354,6 @@ def check_experiments(api, uri: str) -> Check:
 def check_artifacts(api, uri: str) -> Check:
     """Log a dummy run with a small artifact the way the ingester does, read it back, delete it all."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    from formula_foundry.tracking.events import MetricPoint
-    from formula_foundry.tracking.ingest.sink import Batch
 
     client = api.client
     now_ms = int(time.time() * 1000)

@@ -16,6 +16,7 @@ from formula_foundry.tracking.ingest.sink import Sink
 from formula_foundry.tracking.ingest.stores.connect import open_sink, read_checkpoints, store_lock
 from formula_foundry.tracking.ingest.stores.checkpoints import MemoryCheckpoints
 from formula_foundry.tracking.ingest.uri import redact
+from formula_foundry.tracking.ingest.watch import run_daemon
 
 __all__ = ["ingest_command", "run_batch"]
 
@@ -42,8 +43,6 @@ def ingest_command(paths, config_path, tracking_uri, roots, log_level, sink, dry
     cfg = load(config_path, roots, tracking_uri)
     require_mlflow()
     if watch:
-        from formula_foundry.tracking.ingest.watch import run_daemon  # watchdog: only the daemon needs it
-
         return run_daemon(cfg, tracking_uri=tracking_uri, sink=sink, polling=polling,
                           skip_corrupt=skip_corrupt, extra_paths=[Path(p) for p in paths])
     return run_batch(cfg, paths=[Path(p) for p in paths], tracking_uri=tracking_uri, sink=sink,

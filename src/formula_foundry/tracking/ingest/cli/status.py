@@ -39,6 +39,7 @@ import click
 from formula_foundry.tracking.config import Config
 from formula_foundry.tracking.framing import FrameError, unframe
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
+from formula_foundry.tracking.ingest.continuity import mismatch
 from formula_foundry.tracking.ingest.discover import discover, journal_id_of
 from formula_foundry.tracking.ingest.stores.connect import open_checkpoints, state_dir
 from formula_foundry.tracking.ingest.stores.lock import LOCK_FILE
@@ -198,16 +199,16 @@ def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None =
                             lag=(0, 0), mtime=None, now=now, owners=owners))
             continue
         header, header_error = headers.get(path, (None, None))
-        offset = cp.position.offset if cp else 0
         try:
-            lag = _tail(path, offset)
-            mtime = path.stat().st_mtime
+            size, mtime = path.stat().st_size, path.stat().st_mtime
+            drift = mismatch(path, size, (header or {}).get("run_id"), (header or {}).get("journal_id"), cp)
+            lag = _tail(path, cp.position.offset if cp and not drift else 0)
         except OSError:
             out.append(_row(path, cp, header, None, state="missing", records=0, lag=(0, 0), mtime=None,
                             now=now, owners=owners))
             continue
-        records = (cp.position.line - 1 if cp else 0) + lag[0]
-        error = (cp.last_error if cp else None) or header_error
+        records = (cp.position.line - 1 if cp and not drift else 0) + lag[0]
+        error = (drift.message if drift else None) or (cp.last_error if cp else None) or header_error
         if error:
             state = "error"
         elif cp is not None and cp.ended:

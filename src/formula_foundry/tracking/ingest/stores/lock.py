@@ -30,9 +30,12 @@ import socket
 from pathlib import Path
 from typing import IO
 
+import sqlalchemy as sa
+
 from formula_foundry.errors import IngesterLockedError
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.ingest.store_errors import store_errors
+from formula_foundry.tracking.ingest.stores.engine import make_engine
 from formula_foundry.tracking.ingest.uri import redact, scheme
 
 __all__ = ["LOCK_FILE", "PG_LOCK_KEY", "StoreLock"]
@@ -75,10 +78,6 @@ class StoreLock:
         self._files.append(fh)
 
     def _pg_lock(self) -> None:
-        import sqlalchemy as sa  # deferred: comes with mlflow
-
-        from formula_foundry.tracking.ingest.stores.engine import make_engine
-
         engine = make_engine(self.uri, connect_timeout=10, read_only=True)
         with store_errors("take the ingester lock in the database", self.uri):
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")

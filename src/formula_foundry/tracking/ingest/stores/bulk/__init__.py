@@ -1,0 +1,1 @@
+"""The bulk SQL sink: its schema guard (schema.py) and the sink (sink.py)."""
