@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import errno
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
 
 from formula_foundry.errors import StoreRejectedError, StoreUnavailableError
 from formula_foundry.tracking.ingest.uri import scrub
@@ -54,6 +57,8 @@ def classify(exc: BaseException) -> StoreUnavailableError | StoreRejectedError:
     code = getattr(exc, "error_code", "") or ""  # MlflowException and its REST form carry one
     if code in _TRANSIENT_CODES or _TRANSIENT_TEXT.search(text):
         return StoreUnavailableError(text[:500])
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) and not isinstance(exc.orig, sqlite3.Error):
+        return StoreUnavailableError(text[:500])  # a database server's connection or state, not the request
     if isinstance(exc, OSError) and not code:
         # requests' ConnectionError and friends are OSErrors without an errno.
         if exc.errno is None or exc.errno in _OUTAGE_ERRNOS:
