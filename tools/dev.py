@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         ensure_venv("dev")
         return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT)
-    ensure_venv("tracking")
+    ensure_venv("demo")
     env = dict(os.environ)
     return subprocess.call([str(PY), str(ROOT / "tools" / "demo.py"), *rest], cwd=ROOT, env=env)
 

@@ -18,6 +18,7 @@ What it does:
      400-point frequency sweep, overlaid (the runs page's chart view);
    - ``docs/img/mlflow-run.png``: the pipeline run's overview (metrics, params, child runs, tags);
    - ``docs/img/mlflow-metrics.png``: one simulation run's own charts (insertion and return loss);
+   - ``docs/img/mlflow-artifacts.png``: a simulation run's Artifacts tab showing its S-parameter plot;
 
 4. stops the server (its whole process group) and removes the temporary project.
 
@@ -181,8 +182,19 @@ def _expand_run(page, run_id: str, child_name: str) -> None:
     child.wait_for()
 
 
+def open_artifact(page, folder: str, name: str):
+    """In a run's Artifacts tab, open ``folder`` and select ``name``; returns its preview image."""
+    page.get_by_text(folder, exact=True).first.click()
+    page.get_by_text(name, exact=True).first.click()
+    page.get_by_text(f"{folder}/{name}").first.wait_for()
+    image = page.locator("img[src^='blob:']").first
+    image.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    return image
+
+
 def capture(base_url: str, experiment_id: str, ids: dict[str, str], out: Path, profile: Path) -> list[Path]:
-    """Take the four screenshots; every step waits for content (run names, chart titles) first."""
+    """Take the five screenshots; every step waits for content (run names, chart titles) first."""
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +255,13 @@ def capture(base_url: str, experiment_id: str, ids: dict[str, str], out: Path, p
             page.get_by_text("simulate-via-d030 (insertion_loss_db)").first.wait_for()
             page.get_by_text("simulate-via-d030 (return_loss_db)").first.wait_for()
             shot(page, "mlflow-metrics.png")
+
+            # 5. The Artifacts tab: the S-parameter plot logged with run.log_figure.
+            page.set_viewport_size({"width": 1440, "height": 760})
+            page.goto(f"{base_url}/#/experiments/{experiment_id}/runs/{sim}/artifacts?{ML_VIEW}")
+            close_assistant(page)
+            open_artifact(page, "plots", "via-d030-sparams.png")
+            shot(page, "mlflow-artifacts.png")
         except Exception:
             with contextlib.suppress(Exception):
                 page.screenshot(path=profile.parent / "failure.png")

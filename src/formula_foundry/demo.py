@@ -48,7 +48,7 @@ import random
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ FREQ_STEP_GHZ = 0.1
 N_FREQ = 400
 BAND_EDGE_GHZ = round(FREQ_START_GHZ + (N_FREQ - 1) * FREQ_STEP_GHZ, 4)
 OPTIMIZER_STEPS = 300
+DEMO_SYSTEM_METRICS_INTERVAL = 0.2  # seconds: the pipeline run lasts about a second
 SOLVER_STEPS = 500
 
 
@@ -233,6 +234,40 @@ def _kicad_board(coupon: Coupon, seed: int) -> str:
     ])
 
 
+def sparameter_figure(coupon: Coupon, sweep: Sequence[Mapping[str, float]]):
+    """The S-parameter plot of one simulation: |S21| and |S11| in dB over frequency (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    freq = [p["frequency_ghz"] for p in sweep]
+    ax.plot(freq, [p["insertion_loss_db"] for p in sweep], label="S21 (insertion loss)")
+    ax.plot(freq, [p["return_loss_db"] for p in sweep], label="S11 (return loss)")
+    ax.axvline(BAND_EDGE_GHZ, color="grey", linestyle=":", label=f"band edge {BAND_EDGE_GHZ:g} GHz")
+    ax.set_xlabel("frequency (GHz)")
+    ax.set_ylabel("dB")
+    ax.set_title(f"{coupon.name}: via transition S-parameters")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def solver_log(coupon: Coupon, seed: int, summary: Mapping[str, float]) -> str:
+    """The (synthetic) field solver's log of one simulation."""
+    residuals = solver_residuals(coupon, seed)
+    lines = [f"fdtd-demo: coupon {coupon.name}, {N_FREQ} frequencies from {FREQ_START_GHZ:g} GHz, "
+             f"step {FREQ_STEP_GHZ:g} GHz"]
+    lines += [f"step {step:4d}  log10(residual) {value:8.4f}" for step, value in enumerate(residuals)
+              if step % 50 == 0 or step == len(residuals) - 1]
+    lines.append(f"converged: S21 at band edge {summary['il_at_band_edge_db']:.3f} dB, "
+                 f"stub resonance {summary['stub_resonance_ghz']:.3f} GHz")
+    return "\n".join(lines) + "\n"
+
+
 def _touchstone(points: Sequence[Mapping[str, float]]) -> str:
     """A Touchstone v1 .s2p (dB/angle) of the sweep, reciprocal and symmetric."""
     lines = ["! formula_foundry.demo via-transition sweep", "# GHZ S DB R 50"]
@@ -291,6 +326,10 @@ def run_pipeline(config: Config | Path | str | None = None, *, seed: int = DEFAU
     project root; ``$FF_GIT_SHA`` wins).
     """
     cfg = config if isinstance(config, Config) else load_config(config)
+    # The pipeline run samples system metrics at a short interval (it lasts about a second), so
+    # MLflow's System metrics tab has a chart; its console output goes to logs/console.txt.
+    cfg = replace(cfg, tracking=replace(cfg.tracking, system_metrics=replace(
+        cfg.tracking.system_metrics, interval_seconds=DEMO_SYSTEM_METRICS_INTERVAL)))
     tracker = get_tracker(cfg)
     root = cfg.project_root
     run_root = cfg.journal.root
@@ -310,7 +349,9 @@ def run_pipeline(config: Config | Path | str | None = None, *, seed: int = DEFAU
         run_name=PIPELINE_RUN_NAME, experiment_name=EXPERIMENT, manifest=manifest, run_artifacts=pipeline_ra,
         description=("Formula Foundry demo: generate via-transition coupons (M1), simulate their "
                      "S-parameters (M2), and compare them at the band edge (M3 pipeline)."),
+        log_system_metrics=True, capture_console=True,
     ) as pipeline:
+        print(f"demo pipeline {pipeline_id}: {len(coupons)} coupons, seed {seed}", flush=True)
         pipeline.set_tags(convention_tags(task="M3-pipeline-demo", milestone="M3", agent=AGENT,
                                            dataset_version=DATASET_VERSION, code_revision=code_revision))
         pipeline.log_params({
@@ -360,6 +401,9 @@ def run_pipeline(config: Config | Path | str | None = None, *, seed: int = DEFAU
         report_entry = _store_and_reference(pipeline, store, report_path, "reports/pipeline_report.json",
                                             "application/json")
         parent_id = pipeline.run_id
+        # At least three system-metrics samples in the pipeline run, however fast this machine is.
+        time.sleep(max(0.0, 3.5 * DEMO_SYSTEM_METRICS_INTERVAL - (time.perf_counter() - started)))
+        print(f"demo pipeline {pipeline_id}: done", flush=True)
 
     return PipelineResult(run_id=parent_id, run_name=PIPELINE_RUN_NAME, experiment=EXPERIMENT,
                           substrate_run_dir=pipeline_ra.run_dir, children=tuple(children),
@@ -445,5 +489,9 @@ def _simulate(tracker, coupon: Coupon, seed: int, manifest: Manifest, code_revis
         s2p = _write(ra.outputs_dir / f"{coupon.name}.s2p", _touchstone(sweep))
         entries = (_store_and_reference(run, store, s2p, f"sparams/{coupon.name}.s2p",
                                         "application/vnd.touchstone"),)
+        # Real artifacts, as MLflow's log_figure / log_table / log_text would write them.
+        run.log_figure(sparameter_figure(coupon, sweep), f"plots/{coupon.name}-sparams.png")
+        run.log_table({key: [p[key] for p in sweep] for key in sweep[0]}, f"tables/{coupon.name}-sweep.json")
+        run.log_text(solver_log(coupon, seed, summary), f"logs/{coupon.name}-solver.log")
         run_id = run.run_id
     return ChildResult("simulate", coupon.name, run_id, name, ra.run_dir, entries, summary)

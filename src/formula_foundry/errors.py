@@ -24,6 +24,7 @@ the place (file, line, key) and the rule that was broken.
     │   ├── MlflowMissingError      the ingester needs ``formula-foundry[tracking]``
     │   ├── StoreUnavailableError   the tracking store cannot be reached right now
     │   ├── StoreRejectedError      the store refused a batch (names journal, records, reason)
+    │   ├── BlobError               an ``artifact`` record's blob is missing or no longer matches its digest
     │   └── IngesterLockedError     another ingester already serves these roots
     └── AcceptanceError             acceptance registry or a target expression is invalid (file, line, column)
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "AcceptanceError",
     "ArtifactNotFoundError",
+    "BlobError",
     "ConfigError",
     "CorruptRecordError",
     "DigestMismatchError",
@@ -150,6 +152,19 @@ class StoreUnavailableError(IngestError):
 
 class StoreRejectedError(IngestError):
     """The tracking store refused a batch; retrying the same batch will not help."""
+
+
+class BlobError(IngestError):
+    """The blob of an ``artifact`` record is missing, or its bytes no longer match the record's
+    sha256 digest or size. The journal's error (never a store outage): nothing of that blob is
+    uploaded and the journal waits at its checkpoint until the blob is restored."""
+
+    def __init__(self, reason: str, *, artifact_path: str, digest: str, line: int | None = None) -> None:
+        super().__init__(f"artifact {artifact_path!r} (sha256 {digest}): {reason}")
+        self.reason = reason
+        self.artifact_path = artifact_path
+        self.digest = digest
+        self.line = line
 
 
 class IngesterLockedError(IngestError):

@@ -62,3 +62,15 @@ def test_unknown_section_is_a_usage_error():
                           check=False, capture_output=True, text=True, timeout=60, cwd=REPO, env=subprocess_env())
     assert proc.returncode == 2
     assert "unknown section" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_ingest_run_has_no_failed_row():
+    """``--quick --only ingest``: the ingest benchmark's children run against the current ingest API
+    (a refactor that breaks them shows here, not first in a benchmark session)."""
+    pytest.importorskip("mlflow")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench" / "run.py"), "--quick", "--only", "ingest"],
+                          check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ingest")]
+    assert rows and not any("| failed" in line for line in rows), proc.stdout

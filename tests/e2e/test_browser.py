@@ -128,3 +128,33 @@ def test_runs_list_nests_children_and_run_draws_metric_plots(served_demo, page):
     page.get_by_placeholder("Search metric charts").fill("insertion_loss_db")
     expect(page.get_by_text("simulate-via-d030 (insertion_loss_db)")).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator(".js-plotly-plot path.js-line").first).to_be_attached()
+
+
+def test_artifacts_tab_renders_the_logged_figure(served_demo, page):
+    """A simulation run's Artifacts tab lists the files logged with log_figure / log_table / log_text,
+    and selecting the S-parameter plot renders it as an image (decoded, 700 px wide: the figure's size)."""
+    from playwright.sync_api import expect
+
+    url, experiment_id, ids = served_demo
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{ids['simulate-via-d030']}/artifacts?{screenshot.ML_VIEW}")
+    for folder in ("plots", "tables", "logs", "artifact_refs"):
+        expect(page.get_by_text(folder, exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
+    image = screenshot.open_artifact(page, "plots", "via-d030-sparams.png")
+    assert image.evaluate("img => img.naturalWidth") == 700
+    # The solver log logged with log_text previews as text.
+    page.get_by_text("logs", exact=True).first.click()
+    page.get_by_text("via-d030-solver.log", exact=True).first.click()
+    expect(page.get_by_text("converged: S21 at band edge").first).to_be_visible(timeout=TIMEOUT_MS)
+
+
+def test_system_metrics_tab_draws_the_sampled_metrics(served_demo, page):
+    """The demo's pipeline run samples system metrics (start_run(log_system_metrics=True)); MLflow's
+    System metrics tab draws them as charts under MLflow's own names."""
+    from playwright.sync_api import expect
+
+    url, experiment_id, ids = served_demo
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{ids['m3-pipeline-demo']}/system-metrics"
+              f"?{screenshot.ML_VIEW}")
+    for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+        expect(page.get_by_text(f"m3-pipeline-demo (system/{name})").first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator(".js-plotly-plot path.js-line").first).to_be_attached(timeout=TIMEOUT_MS)

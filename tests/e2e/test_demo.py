@@ -227,7 +227,7 @@ def test_second_run_adds_runs_and_fresh_starts_over(tmp_path, template_store):
     assert not (project / "data" / "mlflow" / "mlruns.db").exists()
     assert len(list((project / "data" / "runs").iterdir())) == 7
     blobs = [p for p in (project / "data" / "artifacts" / "objects").rglob("*") if p.is_file()]
-    assert len(blobs) == 10  # this run's: 1 report + 3 x (board, geometry, touchstone)
+    assert len(blobs) == 19  # this run's: 1 report + 3 x (board, geometry, touchstone) + 3 x (figure, table, solver log)
 
 
 def test_pipeline_models_are_seeded():

@@ -6,10 +6,12 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -17,14 +19,17 @@ import pytest
 
 from formula_foundry.errors import (
     CorruptRecordError,
+    JournalError,
     JournalLockedError,
     RunStateError,
     UnsupportedVersionError,
+    ValidationError,
 )
 from formula_foundry.tracking import get_tracker
 from formula_foundry.tracking.events import TYPES, decode_metric_value
 from formula_foundry.tracking.framing import frame, unframe
-from formula_foundry.tracking.journal import JournalReader, JournalWriter, ReadPosition
+import formula_foundry.tracking.journal as journal_module
+from formula_foundry.tracking.journal import MAX_LINE_BYTES, JournalReader, JournalWriter, ReadPosition
 from tests.conftest import subprocess_env
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -44,6 +49,13 @@ EVERY_TYPE: list[tuple[str, dict]] = [
     ("manifest", {"manifest": {"git_sha": "unknown", "seeds": {"python": 42}, "manifest_version": 1}}),
     ("artifact_ref", {"logical_path": "coupon.kicad_pcb", "digest": "ab" * 32, "size_bytes": 12,
                       "store_uri": None, "media_type": None}),
+    ("artifact", {"path": "plots/s21.png", "digest": "cd" * 32, "size_bytes": 2048,
+                  "store_uri": "file:///srv/project/data/artifacts", "media_type": "image/png"}),
+    ("console", {"stream": "stdout", "text": "solver: converged after 12 iterations\n"}),
+    ("tag_delete", {"key": "obsolete"}),
+    ("inputs", {"datasets": [{"name": "coupons", "digest": "1a2b3c", "source_type": "local",
+                              "source": "{\"uri\": \"data/coupons.csv\"}", "schema": None, "profile": None,
+                              "tags": {"mlflow.data.context": "training"}}]}),
     ("run_attach", {"run_id": RUN_ID, "journal_id": "fedcba9876543210", "host": "node2", "pid": 99}),
     ("segment_end", {}),
     ("run_end", {"status": "FAILED", "error": "RuntimeError: boom"}),
@@ -550,3 +562,206 @@ def test_format_doc_stdlib_checker_agrees_with_the_reader():
             read_line(line[:-5])
         with pytest.raises(ValueError):
             read_line(line.replace(b'"v":1', b'"v":3'))
+
+
+# --------------------------------------------------------------------------- special files (issue 14, item 4)
+
+# Reads the journal in a fresh interpreter: a reader that blocks on a FIFO cannot hang the test suite.
+READ_CHILD = r"""
+import sys
+from formula_foundry.errors import JournalError
+from formula_foundry.tracking.journal import JournalReader
+try:
+    print(len(list(JournalReader(sys.argv[1]).entries())))
+except JournalError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def _special(kind: str, path: Path):
+    """Make ``path`` a special file of ``kind``; returns what must stay open while it exists (a socket)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        return sock
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # endless: read whole, it would never end
+    return None
+
+
+@pytest.mark.parametrize("kind, words", [("fifo", "a FIFO"), ("socket", "a socket"), ("folder", "a folder"),
+                                         ("device", "a character device")])
+def test_reader_refuses_a_special_file_at_once(tmp_path: Path, kind: str, words: str):
+    """A FIFO (no writer), socket, folder or device is refused with JournalError naming it, without waiting."""
+    path = tmp_path / "tracking" / "r.j.jsonl"
+    held = _special(kind, path)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-c", READ_CHILD, str(path)], env=subprocess_env(),
+                              capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading {kind} did not return within 30 s")
+    finally:
+        if held is not None:
+            held.close()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"JournalError: {path}: not a regular file ({words}): journals are regular files"
+    assert time.monotonic() - started < 20
+
+
+def test_reader_refuses_a_fifo_in_process(tmp_path: Path):
+    """The same in process, for every way in: entries(), chunks(), first_record()."""
+    path = tmp_path / "r.j.jsonl"
+    os.mkfifo(path)
+    reader = JournalReader(path)
+    for read in (lambda: list(reader.entries()), lambda: list(reader.chunks()), reader.first_record):
+        outcome: list[BaseException | None] = []
+
+        def attempt(read=read, outcome=outcome) -> None:
+            try:
+                read()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(10)
+        if thread.is_alive():  # blocked in open(): let it go (a writer end opens it), then fail
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(10)
+            pytest.fail("reading a FIFO blocked")
+        assert isinstance(outcome[0], JournalError) and "not a regular file (a FIFO)" in str(outcome[0])
+
+
+# --------------------------------------------------------------------------- the line limit (issue 14, item 10)
+
+def _good(seq: int, value: str = "v") -> bytes:
+    return frame({"v": 1, "seq": seq, "ts": 0, "type": "tag", "key": "k", "value": value})
+
+
+@pytest.fixture
+def small_limit(monkeypatch):
+    """A 1000-byte line limit, with reads of 64 bytes: the limit is crossed in the middle of a read."""
+    monkeypatch.setattr(journal_module, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(journal_module, "_CHUNK", 64)
+    return 1000
+
+
+def test_max_line_bytes_is_documented_and_above_what_validation_allows():
+    """16 MiB, documented, and more than three times the largest record validation bounds (a tags batch)."""
+    from formula_foundry.tracking.validation import MAX_BATCH_PARAMS_TAGS, MAX_KEY_LENGTH, MAX_TAG_VALUE_LENGTH
+
+    assert MAX_LINE_BYTES == 16 << 20
+    assert MAX_LINE_BYTES > 3 * MAX_BATCH_PARAMS_TAGS * (MAX_KEY_LENGTH + MAX_TAG_VALUE_LENGTH) * 6
+    assert f"{MAX_LINE_BYTES:,}" in FORMAT_DOC.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["complete", "no-newline"])
+def test_a_line_over_the_limit_is_corrupt_with_its_place(tmp_path: Path, small_limit: int, complete: bool):
+    """A line longer than the limit, ended or not, is a CorruptRecordError naming journal, line and offset,
+    after the good records before it."""
+    head = _good(0) + _good(1)
+    long_line = _good(2, "x" * 2000)
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(head + (long_line + _good(3) if complete else long_line[:-1]))
+    got = []
+    with pytest.raises(CorruptRecordError) as caught:
+        got.extend(entry.record["seq"] for entry in JournalReader(path).entries())
+    assert got == [0, 1]
+    assert (caught.value.path, caught.value.line, caught.value.offset) == (path, 3, len(head))
+    assert "longer than the limit of 1000 bytes" in str(caught.value)
+
+
+def test_a_line_at_the_limit_is_read(tmp_path: Path, small_limit: int):
+    line = _good(0, "y" * 1000)
+    line = _good(0, "y" * (1000 - (len(line) - 1 - 1000)))
+    assert len(line) - 1 == small_limit
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(line + _good(1))
+    assert [e.record["seq"] for e in JournalReader(path).entries()] == [0, 1]
+
+
+def test_skip_corrupt_goes_on_after_a_line_over_the_limit(tmp_path: Path, small_limit: int):
+    """With skip_corrupt the long line is reported and skipped; reading resumes at the next line."""
+    data = _good(0) + _good(1, "z" * 5000) + _good(2) + _good(3)
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(data)
+    skipped: list[CorruptRecordError] = []
+    entries = list(JournalReader(path).entries(skip_corrupt=True, on_skip=skipped.append))
+    assert [(e.record["seq"], e.line, e.offset) for e in entries] == [
+        (0, 1, 0), (2, 3, len(_good(0) + _good(1, "z" * 5000))), (3, 4, len(data) - len(_good(3)))]
+    assert [(e.line, e.offset) for e in skipped] == [(2, len(_good(0)))]
+    assert entries[-1].end == ReadPosition(len(data), 5, 4)
+
+
+def test_skip_corrupt_stops_at_an_unended_line_over_the_limit(tmp_path: Path, small_limit: int):
+    """An over-long last line without its newline is reported, and counted as pending bytes, not read past."""
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(_good(0) + b"w" * 3000)
+    skipped: list[CorruptRecordError] = []
+    reader = JournalReader(path)
+    assert [e.record["seq"] for e in reader.entries(skip_corrupt=True, on_skip=skipped.append)] == [0]
+    assert [(e.line, e.offset) for e in skipped] == [(2, len(_good(0)))]
+    assert reader.pending_bytes == 3000
+
+
+def test_writer_refuses_a_record_over_the_line_limit(tmp_path: Path):
+    """The writer never writes a line the reader would refuse: ValidationError, nothing written, seq unchanged."""
+    path = tmp_path / "j.jsonl"
+    writer = JournalWriter(path, fsync="never")
+    try:
+        writer.append("tag", {"key": "a", "value": "b"})
+        with pytest.raises(ValidationError) as caught:
+            writer.append("tag", {"key": "big", "value": "x" * MAX_LINE_BYTES})
+        assert caught.value.rule == "line-length"
+        assert writer.append("tag", {"key": "c", "value": "d"}) == 1
+    finally:
+        writer.close()
+    assert [e.record["key"] for e in JournalReader(path).entries()] == ["a", "c"]
+
+
+# Reads a journal with a 200 MB line in a fresh interpreter; prints what it read, the error's place and
+# the peak RSS growth (KiB) over the read.
+LONG_LINE_CHILD = r"""
+import resource, sys
+from formula_foundry.errors import CorruptRecordError
+from formula_foundry.tracking.journal import JournalReader
+path, skip = sys.argv[1], sys.argv[2] == "skip"
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+seqs, errors = [], []
+try:
+    for entry in JournalReader(path).entries(skip_corrupt=skip, on_skip=errors.append):
+        seqs.append(entry.record["seq"])
+except CorruptRecordError as exc:
+    errors.append(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(seqs, [(e.line, e.offset) for e in errors], after - before)
+"""
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["no-newline", "ended-then-records"])
+def test_a_200_mb_line_is_refused_in_bounded_memory(tmp_path: Path, ended: bool):
+    """A 200 MB line: an error at its line and offset after at most the limit was read into memory (the
+    process grows by well under 200 MB, let alone the 400 MB a join of the pieces would cost); with
+    skip_corrupt the records after an ended one are read."""
+    path = tmp_path / "j.jsonl"
+    head = _good(0) + _good(1)
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(len(head) + 200_000_000)  # 200 MB of NUL bytes, sparse: cheap to make, costly to hold
+        if ended:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n" + _good(3))
+    proc = subprocess.run([sys.executable, "-c", LONG_LINE_CHILD, str(path), "skip" if ended else "raise"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    seqs, errors, growth_kib = proc.stdout.rsplit(" ", 1)[0], None, int(proc.stdout.split()[-1])
+    assert seqs == ("[0, 1, 3] [(3, %d)]" % len(head) if ended else "[0, 1] [(3, %d)]" % len(head)), proc.stdout
+    assert growth_kib < 3 * MAX_LINE_BYTES // 1024, growth_kib  # 48 MiB; a 200 MB line held once is 195,000 KiB

@@ -9,14 +9,17 @@ naive reader that takes one line at a time would give.
 
 from __future__ import annotations
 
+import json
 import random
+import zlib
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
 
 import formula_foundry.tracking.journal as journal_module
 from formula_foundry.errors import CorruptRecordError, UnsupportedVersionError
-from formula_foundry.tracking.framing import FrameError, frame, unframe
+from formula_foundry.tracking.framing import FrameError, frame, unframe, unframe_all
 from formula_foundry.tracking.journal import START, JournalReader, ReadPosition
 
 
@@ -192,3 +195,112 @@ def test_every_byte_of_the_checksum_frame_is_checked(tmp_path: Path, pos: int):
     expected = reference(damaged)
     assert expected[1] == [(26, sum(len(x) + 1 for x in lines[:25]))]  # the reference itself sees it
     assert read(path) == expected
+
+
+# --------------------------------------------------------------------------- structural tricks (issue 14, item 3)
+#
+# Hand-made lines with valid checksums whose bodies are not JSON objects on their own, but whose
+# concatenation is: a line that opens an array, an object or a string that the next line closes,
+# and a line that carries two records. Joined into one array they would parse, with as many
+# elements as lines when a merge and a split pair up; line by line each is refused.
+
+def framed(body: bytes) -> bytes:
+    """A line (without ``\\n``) of ``body``, the object's text without its closing ``}``, with a valid checksum."""
+    return body + b',"crc":"%08x"}' % zlib.crc32(body + b"}")
+
+
+TRICKY_VALUES = [
+    "plain", "a},{b", "},", '"},{"', "x\\},", "}},{{", "[", "{",
+    [{"x": 1}, {"y": [{"z": 2}, {}]}], {"o": {"p": 1}, "q": {"r": [{}, {"s": "},"}]}},
+    [[{"a": {"b": [{}]}}], {"c": 1}], {"": {}}, [],
+]
+
+
+def tricky_lines(rng: random.Random, first_seq: int, k: int) -> list[bytes]:
+    """``k`` records (seq from ``first_seq``) whose serialisation is cut into lines at ``},`` places chosen
+    at random: mostly between records, sometimes inside a nested value or a string, and now and then
+    one cut more or fewer than records."""
+    texts = []
+    for j in range(k):
+        record = {"v": 1, "seq": first_seq + j, "ts": 5, "type": rng.choice(["tag", "manifest", "metric"]),
+                  "key": f"k{j}", "value": rng.choice(TRICKY_VALUES)}
+        if rng.random() < 0.3:
+            record["nested"] = rng.choice(TRICKY_VALUES)
+        spaced = rng.random() < 0.2  # whitespace between tokens is JSON too
+        text = json.dumps(record, separators=(", ", ": ") if spaced else (",", ":")).encode()
+        if spaced and rng.random() < 0.5:
+            text = b" " + text[:-1] + b" }"
+        texts.append(text)
+    interior = b",".join(texts)  # == line bodies joined by "}," with a final "}"
+    between = list(accumulate(len(t) + 1 for t in texts[:-1]))  # where a record's "}," ends
+    between = [end - 2 for end in between]
+    inside = [i for i in range(len(interior) - 1) if interior[i:i + 2] == b"}," and i not in between]
+    cuts = set(between)
+    for _ in range(rng.randrange(1, 4)):  # swap record boundaries for places inside values
+        if inside and cuts and rng.random() < 0.85:
+            cuts.discard(rng.choice(sorted(cuts)))
+            cuts.add(rng.choice(inside))
+    if rng.random() < 0.2 and inside:
+        cuts.add(rng.choice(inside))  # one line more than records
+    if rng.random() < 0.2 and cuts:
+        cuts.discard(rng.choice(sorted(cuts)))  # one line fewer
+    bodies, at = [], 0
+    for cut in sorted(cuts):
+        bodies.append(interior[at:cut])
+        at = cut + 2
+    bodies.append(interior[at:-1])
+    return [framed(body) for body in bodies]
+
+
+def tricky_journal(rng: random.Random) -> bytes:
+    lines = journal_bytes(rng, rng.randrange(0, 30)).split(b"\n")[:-1]
+    for _ in range(rng.randrange(1, 3)):
+        k = rng.randrange(2, 6)
+        lines += tricky_lines(rng, len(lines), k)
+        # go on after the trick with the seq the records would have, and then with the seq of the lines
+        follow = journal_bytes(rng, len(lines) + rng.randrange(0, 20)).split(b"\n")[len(lines):-1]
+        lines += follow
+    return b"".join(line + b"\n" for line in lines)
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("skip_corrupt", [False, True])
+def test_chunks_refuse_lines_that_only_parse_when_joined(tmp_path: Path, read_size: int, seed: int,
+                                                          skip_corrupt: bool):
+    """The fast path against the line-by-line reference on journals with structural tricks."""
+    data = tricky_journal(random.Random(seed))
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(data)
+    assert read(path, skip_corrupt=skip_corrupt) == reference(data, skip_corrupt=skip_corrupt)
+
+
+def test_unframe_all_is_unframe_of_every_line():
+    """``unframe_all`` gives the records exactly when ``unframe`` takes every line, and then the same records
+    (or None for an empty record, ``{}``, which no writer writes: the line-by-line path decides those)."""
+    rng = random.Random(11)
+    tricked = 0
+    for _ in range(1500):
+        lines = tricky_lines(rng, rng.randrange(3), rng.randrange(1, 6))
+        if rng.random() < 0.2:
+            lines.insert(rng.randrange(len(lines) + 1), framed(rng.choice([b"", b"{", b" {", b'{"a":1}'])))
+        try:
+            expected = [unframe(line) for line in lines]
+        except FrameError:
+            expected = None
+        tricked += expected is None
+        got = unframe_all(lines)
+        assert got == expected or (got is None and {} in expected), lines
+    assert 300 < tricked < 1400  # both kinds were generated
+
+
+def test_two_records_in_one_line_and_a_line_that_closes_it_are_refused(tmp_path: Path):
+    """The case from the issue: a line holding one record and the start of another, closed by the next line."""
+    head = b'{"v":1,"seq":0,"ts":0,"type":"tag","key":"a","value":"b"},{"v":1,"seq":1,"ts":0,"type":"tag",' \
+           b'"key":"c","value":[{"x":1'
+    data = framed(head) + b"\n" + framed(b'{"y":2}]') + b"\n"
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(CorruptRecordError) as caught:
+        list(JournalReader(path).entries())
+    assert (caught.value.line, caught.value.offset) == (1, 0)
+    assert "invalid JSON" in caught.value.reason

@@ -228,7 +228,6 @@ def test_limits_match_mlflow():
     assert v.MAX_KEY_LENGTH == mv.MAX_ENTITY_KEY_LENGTH
     assert v.MAX_PARAM_VALUE_LENGTH == mv.MAX_PARAM_VAL_LENGTH
     assert v.MAX_TAG_VALUE_LENGTH == mv.MAX_TAG_VAL_LENGTH
-    assert v.MAX_BATCH_METRICS == mv.MAX_METRICS_PER_BATCH
     assert v.MAX_BATCH_PARAMS_TAGS == mv.MAX_PARAMS_TAGS_PER_BATCH
 
 

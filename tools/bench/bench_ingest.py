@@ -87,7 +87,7 @@ def _ingest_ours(journal: Path, store: Path, work: Path) -> tuple[float, int]:
     cfg = load_config(write_project(work, store_db=store))
     sink = open_sink(cfg, sink="api")
     try:
-        sink.client.search_experiments(max_results=1)  # open the engine and check the schema: setup
+        sink.api.client.search_experiments(max_results=1)  # open the engine and check the schema: setup
         start = time.perf_counter()
         report = Replayer(sink).ingest([journal])
         seconds = time.perf_counter() - start

@@ -8,7 +8,11 @@
 Sections: ``producer`` (cost per event and import cost, ``bench_producer.py``),
 ``ingest`` (``bench_ingest.py``), ``watch`` (``bench_watch.py``), ``bulk``
 (``bench_bulk.py``, the bulk SQL sink's benchmark, run as a subprocess when it
-exists). Every option is repeated (≥ 5 runs after a warm-up; 3 with
+exists), ``artifacts`` (``run.log_artifact`` vs ``cp`` vs ``mlflow.log_artifact`` of
+1 MiB-1 GiB files, ``bench_artifacts_producer.py``), ``artifacts-ingest`` (``ff-ingest``
+uploading 1,000 files of 100 KiB vs ``mlflow.log_artifacts``, ``bench_artifacts_ingest.py``),
+``telemetry`` (system metrics sampler and console capture against their absence,
+``bench_telemetry.py``). Every option is repeated (≥ 5 runs after a warm-up; 3 with
 ``--quick``) and reported as median and min–max; the ``target`` rows give each
 ratio from the same run with met/MISSED. Everything runs in this process tree,
 one measurement at a time (the machine has 2 cores). The table goes to stdout
@@ -42,7 +46,7 @@ from common import (
     template_store,
 )
 
-ALL = ("producer", "ingest", "watch", "bulk")
+ALL = ("producer", "ingest", "watch", "bulk", "artifacts", "artifacts-ingest", "telemetry")
 BULK_SCRIPT = BENCH_DIR / "bench_bulk.py"
 
 
@@ -64,6 +68,18 @@ def run_section(name: str, *, quick: bool, work: Path, template: Path | None) ->
         return bench_watch.run(quick=quick, work=work / "watch", template=template), ""
     if name == "bulk":
         return run_bulk(quick=quick, work=work)
+    if name == "artifacts":
+        import bench_artifacts_producer
+
+        return bench_artifacts_producer.run(quick=quick, work=work / "artifacts", template=template), ""
+    if name == "artifacts-ingest":
+        import bench_artifacts_ingest
+
+        return bench_artifacts_ingest.run(quick=quick, work=work / "artifacts-ingest", template=template), ""
+    if name == "telemetry":
+        import bench_telemetry
+
+        return bench_telemetry.run(quick=quick, work=work / "telemetry", template=template), ""
     raise ValueError(name)
 
 
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     template = None
     try:
-        if any(s in sections for s in ("producer", "ingest", "watch")):
+        if any(s in sections for s in ("producer", "ingest", "watch", "artifacts", "artifacts-ingest")):
             progress("preparing an empty MLflow store (cached after the first run)")
             template = template_store()
         for name in sections:

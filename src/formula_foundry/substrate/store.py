@@ -13,6 +13,9 @@ string that is not one raises :class:`SubstrateError` before any path is built f
 Adding content is a single streaming pass: 1 MiB chunks are hashed while they are
 copied to a temp file in ``tmp/`` (fsynced), which is then renamed into place unless an
 identical blob is already there. Readers therefore never see a partial blob.
+A writer that fills its own temp file in ``tmp/`` (a reflink, an in-kernel copy: see
+``formula_foundry.tracking.artifacts``) hands it to :meth:`ArtifactStore.publish` for the
+same dedupe-and-rename step.
 """
 
 from __future__ import annotations
@@ -194,13 +197,21 @@ class ArtifactStore:
                 yield chunk
 
         tmp = write_temp(self.tmp_dir, hashing(), prefix="blob-")
+        return self.publish(tmp, digest=hasher.hexdigest(), size_bytes=size, logical_path=logical_path)
+
+    def publish(self, tmp: Path, *, digest: str, size_bytes: int, logical_path: str) -> ArtifactEntry:
+        """Move a complete temp file into place as the blob of ``digest``; the temp file is gone after.
+
+        For writers that fill a temp file themselves (a reflink, an in-kernel copy): ``tmp``
+        must lie in :attr:`tmp_dir` (the same file system), be fsynced, and hash to ``digest``
+        with ``size_bytes`` bytes; the caller computed both from the temp file's own content.
+        """
         try:
-            digest = hasher.hexdigest()
             blob = self.path_for(digest)
             # Dedupe: an existing blob of the right size is kept and our copy dropped. A blob of
             # another size is a torn leftover of an older writer and is replaced. Two writers
             # racing on the same content both rename identical bytes, which is harmless.
-            if blob.is_file() and blob.stat().st_size == size:
+            if blob.is_file() and blob.stat().st_size == size_bytes:
                 tmp.unlink()
             else:
                 shard_is_new = not blob.parent.is_dir()
@@ -213,7 +224,7 @@ class ArtifactStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        return ArtifactEntry(path=logical_path, digest=digest, size_bytes=size, store_path=blob)
+        return ArtifactEntry(path=logical_path, digest=digest, size_bytes=size_bytes, store_path=blob)
 
 
 def _read_chunks(fh: BinaryIO) -> Iterator[bytes]:

@@ -54,6 +54,7 @@ __all__ = [
     "Config",
     "IngestConfig",
     "JournalConfig",
+    "SystemMetricsConfig",
     "TrackingConfig",
     "WatchConfig",
     "check_tracking_uri",
@@ -78,12 +79,14 @@ class _Rule:
     A plain class rather than a dataclass: it is built at import time, which must stay cheap.
     """
 
-    __slots__ = ("bounds", "choices", "env", "nonempty", "resolve")
+    __slots__ = ("bounds", "choices", "env", "nonempty", "resolve", "unit")
 
     def __init__(self, *, choices: tuple[str, ...] | None = None, bounds: tuple[float, float] | None = None,
-                 resolve: str | None = None, env: str | None = None, nonempty: bool = False) -> None:
+                 resolve: str | None = None, env: str | None = None, nonempty: bool = False,
+                 unit: str = "seconds") -> None:
         self.choices = choices  # allowed values
         self.bounds = bounds  # inclusive range of a number (which must also be finite)
+        self.unit = unit  # what the number counts, for the message about its range
         self.resolve = resolve  # "path" | "location" (path or URI) | "store" (tracking URI)
         self.env = env  # environment variable that overrides the key
         self.nonempty = nonempty
@@ -91,13 +94,26 @@ class _Rule:
 
 def _key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
          choices: tuple[str, ...] | None = None, bounds: tuple[float, float] | None = None,
-         resolve: str | None = None, env: str | None = None, nonempty: bool = False) -> Any:
+         resolve: str | None = None, env: str | None = None, nonempty: bool = False,
+         unit: str = "seconds") -> Any:
     """A config key: a dataclass field whose metadata carries its :class:`_Rule`."""
-    rule = _Rule(choices=choices, bounds=bounds, resolve=resolve, env=env, nonempty=nonempty)
+    rule = _Rule(choices=choices, bounds=bounds, resolve=resolve, env=env, nonempty=nonempty, unit=unit)
     return field(default=default, default_factory=factory, metadata={"config": rule})
 
 
 # --------------------------------------------------------------------------- the config (= the schema)
+
+@dataclass(frozen=True)
+class SystemMetricsConfig:
+    """``tracking.system_metrics``: MLflow's system metrics, sampled into the run's journal."""
+
+    # Every run samples (as start_run(log_system_metrics=True)); the argument overrides it per run.
+    enabled: bool = _key(False)
+    # MLflow's default sampling interval (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL).
+    interval_seconds: float = _key(10.0, bounds=(0.1, 3600.0))
+    # Samples averaged into one logged point (MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING).
+    samples_before_logging: int = _key(1, bounds=(1, 10_000), unit="samples")
+
 
 @dataclass(frozen=True)
 class TrackingConfig:
@@ -107,6 +123,11 @@ class TrackingConfig:
     # An absolute path once loaded, or a URI (s3://...).
     artifact_root: str = _key("data/mlflow/artifacts", resolve="location", env="FF_ARTIFACT_ROOT")
     default_experiment: str = _key("formula-foundry", nonempty=True)
+    system_metrics: SystemMetricsConfig = _key(factory=SystemMetricsConfig)
+    # Tee file descriptors 1 and 2 into the run's journal (start_run(capture_console=...) overrides).
+    capture_console: bool = _key(False)
+    # Bytes of console output kept per run; a marker line says where it was cut.
+    console_max_bytes: int = _key(10 << 20, bounds=(1024, 1 << 30), unit="bytes")
 
     @property
     def artifact_root_path(self) -> Path | None:
@@ -307,15 +328,15 @@ class _Loader:
             value = tuple(value)
         if rule.choices is not None and value not in rule.choices:
             raise self.fail(f"must be one of {', '.join(rule.choices)}, got {_show(value)}", dotted, origin)
-        if tp is float:
+        if tp is float or tp is int:
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.fail(f"must be a finite number, got {_show(value)}", dotted, origin)
             if rule.bounds is not None:
                 lo, hi = rule.bounds
                 if not lo <= value <= hi:
-                    raise self.fail(f"must be between {lo:.15g} and {hi:.15g} (seconds), got {_show(value)}",
-                                    dotted, origin)
-            value = float(value)
+                    raise self.fail(f"must be between {lo:.15g} and {hi:.15g} ({rule.unit}), got "
+                                    f"{_show(value)}", dotted, origin)
+            value = float(value) if tp is float else value
         if rule.nonempty and not value.strip():
             raise self.fail("must not be empty", dotted, origin)
         return value

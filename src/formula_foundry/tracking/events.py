@@ -34,6 +34,24 @@ Record types and their members:
 ``artifact_ref``
     ``logical_path``, ``digest``, ``size_bytes``, ``store_uri`` (or null),
     ``media_type`` (or null). Becomes a small JSON file in the run's artifacts.
+``artifact``
+    ``path`` (the file's path in the run's artifacts), ``digest`` (sha256 of the
+    blob already in the content-addressed store), ``size_bytes``, ``store_uri``
+    (the store's root, or null), ``media_type`` (or null). The ingester uploads
+    the blob's bytes to ``path``.
+``console``
+    ``stream`` (``stdout`` | ``stderr``), ``text`` (the bytes printed on file
+    descriptor 1 or 2, decoded as UTF-8 with replacement; may hold NUL). Written by
+    ``start_run(capture_console=True)``; the ingester joins a journal's ``console``
+    texts, in journal order, into the artifact ``logs/console.txt``.
+``tag_delete``
+    ``key``: the tag is removed from the run (MLflow's ``delete_tag``; the MLflow
+    drop-in writes it).
+``inputs``
+    ``datasets``: a list of objects ``name``, ``digest``, ``source_type``,
+    ``source``, ``schema`` (or null), ``profile`` (or null), ``tags`` (object of
+    strings, e.g. ``mlflow.data.context``). MLflow's ``log_inputs`` (the MLflow
+    drop-in writes it); the ingester logs them as the run's dataset inputs.
 ``run_end`` (last record of the owning journal)
     ``status`` (``FINISHED`` | ``FAILED`` | ``KILLED``), optional ``error``.
 ``segment_end`` (last record of an attached segment; does not end the run)
@@ -64,7 +82,8 @@ FORMAT_VERSION = 1
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 TYPES = frozenset({
     "run_start", "run_attach", "param", "params", "tag", "tags", "metric", "metrics",
-    "manifest", "artifact_ref", "run_end", "segment_end",
+    "manifest", "artifact_ref", "artifact", "console", "run_end", "segment_end",
+    "tag_delete", "inputs",
 })
 
 # Tag keys the tracking system writes itself.

@@ -12,6 +12,8 @@ Writer guarantees
       always fsyncs the file and its directory.
     * One writer per file: the file is created exclusively and held under a
       non-blocking ``flock``; a second opener gets :class:`JournalLockedError`.
+    * No line longer than :data:`MAX_LINE_BYTES` is written: such a record is
+      refused with :class:`ValidationError` before anything reaches the file.
     * A failed append (ENOSPC, EROFS, EIO, ...) truncates the file back to the
       last whole line, so the next append is never glued onto a fragment. If
       even that fails, the next append starts with ``\\n`` so the fragment
@@ -22,7 +24,12 @@ Writer guarantees
     * Thread-safe: a lock orders sequence numbers and writes.
 
 Reader guarantees
-    * Streams in 64 KiB reads from any byte offset: memory stays flat.
+    * Opens regular files only, without blocking: a FIFO, socket, device or
+      folder named like a journal is refused with :class:`JournalError` naming it
+      (opening a FIFO for reading would wait for a writer forever).
+    * Streams in 64 KiB reads from any byte offset: memory stays flat. No line may
+      be longer than :data:`MAX_LINE_BYTES`; a longer one (complete or not) is a
+      :class:`CorruptRecordError`, found after reading at most that many bytes of it.
     * Stops before an incomplete last line (no ``\\n`` yet) and reports where it
       stopped, so the caller takes that line once it is complete.
     * A line that fails its checksum, or a sequence gap, raises
@@ -35,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 import warnings
@@ -46,18 +54,28 @@ from typing import NamedTuple
 
 from formula_foundry.errors import (
     CorruptRecordError,
+    JournalError,
     JournalLockedError,
     JournalWriteError,
     RunStateError,
     UnsupportedVersionError,
+    ValidationError,
 )
 from formula_foundry.tracking.events import FORMAT_VERSION, TYPES
 from formula_foundry.tracking.framing import FrameError, frame, unframe, unframe_all
 
-__all__ = ["JOURNAL_SUFFIX", "Chunk", "Entry", "JournalReader", "JournalWriter", "ReadPosition"]
+__all__ = ["JOURNAL_SUFFIX", "MAX_LINE_BYTES", "Chunk", "Entry", "JournalReader", "JournalWriter", "ReadPosition",
+           "open_journal"]
 
 JOURNAL_SUFFIX = ".jsonl"
 _CHUNK = 64 << 10  # read size: chunks of a few hundred lines stay in the CPU's caches
+
+# The longest line (without its "\n") a journal may hold. The largest record whose size the producer's
+# validation bounds is a "tags" batch: 100 x (250-character key + 8000-character value), each character
+# at most 6 bytes of JSON ("\u0000"): under 5 MB. run_start tags and manifests are not bounded by count;
+# the writer refuses a line over this limit, so a reader can refuse one too without reading it whole.
+MAX_LINE_BYTES = 16 << 20
+_MAX_FRAMED = MAX_LINE_BYTES + 1  # with its "\n"
 
 # Writers open in this process; a forked child must not write to its parent's journals.
 _open_writers: set[JournalWriter] = set()
@@ -135,6 +153,10 @@ class JournalWriter:
             seq = record["seq"] = self._seq
             record["ts"] = int(time.time() * 1000)
             line = frame(record)
+            if len(line) > _MAX_FRAMED:
+                raise ValidationError(
+                    f"{self.path}: a {record['type']} record of {len(line) - 1} bytes is longer than the journal "
+                    f"line limit of {MAX_LINE_BYTES} bytes", key=record["type"], rule="line-length")
             if self._needs_newline:
                 line = b"\n" + line
             size = self._size + len(line)
@@ -356,6 +378,45 @@ def _verified(lines: list[bytes], seq: int | None, start: int, first_line: int) 
     return chunk
 
 
+def open_journal(path: Path | str):
+    """``open(path, "rb")`` for a journal: regular files only, and never a wait.
+
+    Opening a FIFO for reading waits for a writer (forever, and through SIGTERM); a
+    device, socket or folder is no journal either. The file is opened with
+    ``O_NONBLOCK`` (so even a FIFO swapped in after the ``stat`` opens at once) and
+    kept only if ``fstat`` says it is a regular file; anything else raises
+    :class:`JournalError` naming the path and what it is. Symlinks are followed:
+    deciding which are welcome is discovery's job.
+    """
+    path = os.fspath(path)
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:
+        kind = None  # let open() raise it, with its own errno
+    if kind is not None and not stat.S_ISREG(kind):
+        raise JournalError(f"{path}: not a regular file ({_file_kind(kind)}): journals are regular files")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            raise JournalError(f"{path}: not a regular file ({_file_kind(kind)}): journals are regular files")
+        os.set_blocking(fd, True)  # a regular file ignores the flag; clear it all the same
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return f"file type {stat.S_IFMT(mode):o}"
+
+
 class JournalReader:
     """Streams verified records from a journal file. Holds no lock; never writes."""
 
@@ -383,23 +444,43 @@ class JournalReader:
         """
         offset, line_no, seq = start.offset, start.line, start.seq
         self.pending_bytes = 0
-        with open(self.path, "rb") as fh:
+        with open_journal(self.path) as fh:
             fh.seek(offset)
             tail: list[bytes] = []  # the incomplete last line so far, in pieces (a long line: many reads)
+            tail_size = 0
+            data = b""
             while True:
-                data = fh.read(_CHUNK)
+                data = data or fh.read(_CHUNK)  # data: what is left after an over-long line, if anything
                 if not data:
-                    self.pending_bytes = sum(map(len, tail))
+                    self.pending_bytes = tail_size
                     return
-                if b"\n" not in data:
+                end = data.find(b"\n")
+                if tail_size + (len(data) if end < 0 else end) > MAX_LINE_BYTES:
+                    # The line from ``offset`` is too long to be a record: never hold more of it.
+                    rest = self._too_long(fh, data, end, tail_size, offset, line_no, skip_corrupt, on_skip)
+                    tail, tail_size, data = [], 0, b""
+                    if rest is None:  # no end yet: like a tail, it is not read past
+                        self.pending_bytes = self._size_from(fh, offset)
+                        return
+                    data, length = rest
+                    offset += length + 1
+                    line_no += 1
+                    seq = None  # resynchronise on the next good record
+                    continue
+                if end < 0:
                     tail.append(data)
+                    tail_size += len(data)
+                    data = b""
                     continue
                 if tail:
                     tail.append(data)
                     data = b"".join(tail)
+                    tail.clear()  # a long line is held once, not twice
                 lines = data.split(b"\n")
+                data = b""
                 last = lines.pop()  # no "\n" yet: it waits for the next read
                 tail = [last] if last else []
+                tail_size = len(last)
                 chunk = _verified(lines, seq, offset, line_no)
                 if chunk is not None:
                     yield chunk
@@ -409,6 +490,38 @@ class JournalReader:
                     continue
                 offset, line_no, seq = yield from self._line_by_line(lines, offset, line_no, seq,
                                                                      skip_corrupt, on_skip)
+
+    def _too_long(self, fh, data: bytes, end: int, before: int, offset: int, line_no: int,
+                  skip_corrupt: bool, on_skip) -> tuple[bytes, int] | None:
+        """The line at ``offset`` is longer than :data:`MAX_LINE_BYTES`: ``before`` bytes of it came before
+        ``data``, where it ends at ``end`` (-1: not there). Raises :class:`CorruptRecordError`; with
+        ``skip_corrupt``, passes it to ``on_skip`` and reads on to the line's end without keeping it:
+        returns (what follows its ``\\n`` in the last read, its length), or None if the file ends first."""
+        if end < 0:
+            what = f"line longer than the limit of {MAX_LINE_BYTES} bytes (no end in its first {before + len(data)})"
+        else:
+            what = f"line of {before + end} bytes, longer than the limit of {MAX_LINE_BYTES}"
+        error = CorruptRecordError(f"{what}: not a record (the writer never writes such a line)",
+                                   path=self.path, line=line_no, offset=offset)
+        if not skip_corrupt:
+            raise error
+        if on_skip is not None:
+            on_skip(error)
+        length = before
+        while end < 0:
+            length += len(data)
+            data = fh.read(_CHUNK)
+            if not data:
+                return None
+            end = data.find(b"\n")
+        return data[end + 1:], length + end
+
+    @staticmethod
+    def _size_from(fh, offset: int) -> int:
+        try:
+            return max(0, os.fstat(fh.fileno()).st_size - offset)
+        except OSError:
+            return 0
 
     def _line_by_line(self, lines: list[bytes], offset: int, line_no: int, seq: int | None,
                       skip_corrupt: bool, on_skip) -> Iterator[Chunk]:

@@ -36,7 +36,8 @@ from typing import Any
 import orjson
 
 from formula_foundry.errors import RunStateError, ValidationError
-from formula_foundry.substrate import RunArtifacts, init_run_dir
+from formula_foundry.substrate import ArtifactStore, RunArtifacts, init_run_dir
+from formula_foundry.tracking.artifacts import ArtifactLog
 from formula_foundry.tracking.config import Config, load_config
 from formula_foundry.tracking.events import (
     FORMAT_VERSION,
@@ -47,21 +48,31 @@ from formula_foundry.tracking.events import (
 )
 from formula_foundry.tracking.journal import JOURNAL_SUFFIX, JournalWriter
 from formula_foundry.tracking.validation import (
+    MAX_MEDIA_TYPE_LENGTH,
+    MAX_STORE_URI_LENGTH,
+    RUN_NAME_TAG,
+    artifact_digest,
+    artifact_logical_path,
+    artifact_size,
+    artifact_text,
     check_key,
     check_step,
     check_timestamp,
+    experiment_name as check_experiment_name,
     metric_value,
     param_value,
+    run_name as check_run_name,
     tag_value,
 )
 
 __all__ = ["NoopRun", "Run", "Tracker", "get_tracker"]
 
-_MAX_RUN_NAME = 250
-
 
 def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:60]
+    """A run name as part of a substrate run id: ``[A-Za-z0-9._-]`` only, no ``..`` (so always a safe
+    id, whatever the free-text name: ``sweep 0..10`` -> ``sweep-0.10``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+    slug = re.sub(r"\.{2,}", ".", slug).strip("-._")[:60]
     return slug or "run"
 
 
@@ -87,7 +98,11 @@ class Run:
         self._append_record = self._writer.append_record
         self._params: dict[str, str] = {}
         self._metric_keys: set[str] = set()
+        self._artifact_log: ArtifactLog | None = None  # made at the first artifact call (uses self._lock)
+        self._ref_files: set[str] = set()  # artifact reference documents written ("<path>.json")
+        self._ref_dirs: set[str] = set()  # and the folders they are in
         self._lock = threading.Lock()
+        self._telemetry_stops: list[Any] = []  # system metrics / console capture: stopped before run_end
 
     # -- seed 001 API ---------------------------------------------------------------
 
@@ -160,6 +175,21 @@ class Run:
         if values:
             self._append("tags", {"values": values})
 
+    def delete_tag(self, key: str) -> None:
+        """Remove a tag from the run (MLflow's ``delete_tag``): one ``tag_delete`` record."""
+        self._append("tag_delete", {"key": check_key(key, "tag")})
+
+    def log_inputs(self, datasets: list[Mapping[str, Any]]) -> None:
+        """Record dataset inputs (MLflow's ``log_inputs``) in one ``inputs`` record.
+
+        Each dataset: ``name``, ``digest``, ``source_type``, ``source`` (non-empty strings),
+        optional ``schema`` and ``profile`` (strings), ``tags`` (string -> string), within
+        MLflow's dataset limits.
+        """
+        entries = [_dataset(d) for d in datasets]
+        if entries:
+            self._append("inputs", {"datasets": entries})
+
     def log_manifest(self, manifest: Any) -> None:
         """Record the substrate manifest: its fields as tags, the whole as ``manifest.json``."""
         data, tags = _manifest_parts(manifest)
@@ -173,22 +203,65 @@ class Run:
         The ingester writes it as a small JSON file under ``artifact_refs/`` in the
         run's artifacts; the artifact itself is never copied.
         """
-        if not isinstance(logical_path, str) or not logical_path.strip():
-            raise ValidationError(f"artifact reference: logical_path must be a non-empty string, got "
-                                  f"{logical_path!r}", key="logical_path", rule="artifact-path")
-        norm = logical_path.replace("\\", "/")
-        if norm.startswith("/") or ".." in norm.split("/"):
-            raise ValidationError(f"artifact reference: logical_path {logical_path!r} must be relative "
-                                  "and must not contain '..'", key="logical_path", rule="artifact-path")
-        digest_hex = digest.split(":", 1)[1] if isinstance(digest, str) and ":" in digest else digest
-        if not isinstance(digest_hex, str) or not re.fullmatch(r"[0-9a-f]{64}", digest_hex):
-            raise ValidationError(f"artifact reference {logical_path!r}: digest {digest!r} is not a "
-                                  "sha256 hex digest", key="digest", rule="artifact-digest")
-        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
-            raise ValidationError(f"artifact reference {logical_path!r}: size_bytes {size_bytes!r} must "
-                                  "be a non-negative integer", key="size_bytes", rule="artifact-size")
-        self._append("artifact_ref", {"logical_path": norm, "digest": digest_hex, "size_bytes": size_bytes,
-                                      "store_uri": store_uri, "media_type": media_type})
+        norm = artifact_logical_path(logical_path)
+        digest_hex = artifact_digest(digest)
+        size = artifact_size(size_bytes)
+        store_uri = artifact_text("store_uri", store_uri, MAX_STORE_URI_LENGTH)
+        media_type = artifact_text("media_type", media_type, MAX_MEDIA_TYPE_LENGTH)
+        # The document "<path>.json" and the folders above it must not collide with another
+        # reference of this run ("a", then "a.json/b"): MLflow cannot make a folder where a file is.
+        doc = f"{norm}.json"
+        folders = [norm[:i] for i, c in enumerate(norm) if c == "/"]
+        with self._lock:
+            clash = doc if doc in self._ref_dirs else next((f for f in folders if f in self._ref_files), None)
+            if clash is not None:
+                raise ValidationError(
+                    f"artifact reference: logical_path {logical_path!r} collides with another reference of "
+                    f"this run: artifact_refs/{clash} would have to be both a file and a folder",
+                    key="logical_path", rule="artifact-path")
+            self._append("artifact_ref", {"logical_path": norm, "digest": digest_hex, "size_bytes": size,
+                                          "store_uri": store_uri, "media_type": media_type})
+            self._ref_files.add(doc)
+            self._ref_dirs.update(folders)
+
+    # -- real artifacts: MLflow's calls, snapshotted into the store (artifacts.py) ---
+
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """``mlflow.log_artifact``: a file (or a folder) to ``artifact_path/<name>``, copied now."""
+        self._artifacts().log_artifact(local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """``mlflow.log_artifacts``: every file under ``local_dir``, under ``artifact_path``."""
+        self._artifacts().log_artifacts(local_dir, artifact_path)
+
+    def log_dict(self, dictionary: Any, artifact_file: str) -> None:
+        """``mlflow.log_dict``: JSON, or YAML for ``.yml``/``.yaml``."""
+        self._artifacts().log_dict(dictionary, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``mlflow.log_text``: the text as UTF-8."""
+        self._artifacts().log_text(text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str, *, save_kwargs: Mapping[str, Any] | None = None) -> None:
+        """``mlflow.log_figure``: a matplotlib or plotly figure."""
+        self._artifacts().log_figure(figure, artifact_file, save_kwargs=save_kwargs)
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """``mlflow.log_image(image, artifact_file)``: a numpy array or PIL image."""
+        self._artifacts().log_image(image, artifact_file)
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        """``mlflow.log_table``: a dict of columns or a pandas DataFrame, in MLflow's table format."""
+        self._artifacts().log_table(data, artifact_file)
+
+    def _artifacts(self) -> ArtifactLog:
+        if self.status is not None:  # checked before anything is stored
+            raise RunStateError(f"run {self.run_id} has ended; it takes no more artifacts")
+        with self._lock:
+            if self._artifact_log is None:
+                store = ArtifactStore(self._tracker.config.journal.artifact_store)
+                self._artifact_log = ArtifactLog(store, self._append, self.set_tag)
+            return self._artifact_log
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -202,18 +275,47 @@ class Run:
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, not {status!r}")
         if self.status is not None:
             return
+        self._stop_telemetry()  # its last points and console text go in before run_end
         self.status = status
         try:
             if self.owner:
                 fields: dict[str, Any] = {"status": status}
                 if error:
-                    fields["error"] = error[:1000]
+                    fields["error"] = _storable(str(error)[:1000])
                 self._append("run_end", fields)
             else:
                 self._append("segment_end", {})
         finally:
             self._writer.close()
             self._tracker._pop(self)
+
+    def _start_telemetry(self, *, system_metrics: bool, console: bool) -> None:
+        """Subscribe to the process's system metrics sampler; start (or join) the console capture."""
+        cfg = self._tracker.config.tracking
+        if console:
+            from formula_foundry.tracking import console as capture_module  # deferred: fds, threads
+
+            capture = capture_module.start_capture(
+                lambda stream, text: self._append("console", {"stream": stream, "text": text}),
+                max_bytes=cfg.console_max_bytes)
+            if capture is not None:  # None: an outer run of this process owns the capture
+                self._telemetry_stops.append(lambda: capture_module.stop_capture(capture))
+        if system_metrics:
+            from formula_foundry.tracking.system_metrics import sampler  # deferred: a thread
+
+            metrics = sampler()
+            sub = metrics.subscribe(self.log_metrics, interval=cfg.system_metrics.interval_seconds,
+                                    samples_before_logging=cfg.system_metrics.samples_before_logging,
+                                    disk_path=self.run_dir, name=f"run {self.run_id}")
+            self._telemetry_stops.append(lambda: metrics.unsubscribe(sub))
+
+    def _stop_telemetry(self) -> None:
+        stops, self._telemetry_stops = self._telemetry_stops, []
+        for stop in reversed(stops):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001, S110 - telemetry never keeps a run from ending
+                pass
 
     def __enter__(self) -> Run:
         return self
@@ -245,7 +347,8 @@ class NoopRun:
         return None
 
     log_param = log_params = log_metric = log_metrics = set_tag = set_tags = _noop
-    log_manifest = log_artifact_reference = _noop
+    log_manifest = log_artifact_reference = delete_tag = log_inputs = _noop
+    log_artifact = log_artifacts = log_dict = log_text = log_figure = log_image = log_table = _noop
 
     def end(self, status: str = "FINISHED", *, error: str | None = None) -> None:
         self.status = self.status or status
@@ -257,22 +360,69 @@ class NoopRun:
         self.end("FINISHED" if exc_type is None else "FAILED")
 
 
+# MLflow 3.17's dataset limits (mlflow/utils/validation.py: MAX_DATASET_*, MAX_INPUT_TAG_*).
+_DATASET_LIMITS = {"name": 500, "digest": 36, "source_type": 36, "source": 65535, "schema": 1048575,
+                   "profile": 16777215}
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no journal line, no store can hold it
+        return False
+    return True
+
+
+def _dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``inputs`` entry, checked as MLflow checks a dataset input."""
+    if not isinstance(dataset, Mapping):
+        raise ValidationError(f"a dataset input must be a mapping, got {type(dataset).__name__}",
+                              key="datasets", rule="value-type")
+    entry: dict[str, Any] = {}
+    for member, limit in _DATASET_LIMITS.items():
+        value = dataset.get(member)
+        optional = member in ("schema", "profile")
+        if value is None and optional:
+            entry[member] = None
+            continue
+        if not isinstance(value, str) or (not value and not optional) or len(value) > limit \
+                or "\x00" in value or not _encodes(value):
+            raise ValidationError(f"dataset {dataset.get('name')!r}: {member} must be a "
+                                  f"{'' if optional else 'non-empty '}string of at most {limit} characters, got "
+                                  f"{value!r:.80}", key=member, rule="value-type")
+        entry[member] = value
+    tags = {}
+    for key, value in (dataset.get("tags") or {}).items():
+        if not isinstance(key, str) or not key or len(key) > 255 or not isinstance(value, str) \
+                or len(value) > 500 or "\x00" in key + value or not _encodes(key + value):
+            raise ValidationError(f"dataset {entry['name']!r}: input tag {key!r:.60} must be a string of at most "
+                                  "255 characters with a string value of at most 500", key=str(key)[:250],
+                                  rule="value-type")
+        tags[key] = value
+    entry["tags"] = tags
+    return entry
+
+
 def _manifest_parts(manifest: Any) -> tuple[dict, dict[str, str]]:
-    if hasattr(manifest, "to_dict"):
-        data = manifest.to_dict()
-        tags = manifest.tags() if hasattr(manifest, "tags") else manifest_tags(data)
-    elif isinstance(manifest, Mapping):
-        data = dict(manifest)
-        tags = manifest_tags(data)
-    else:
-        raise ValidationError(f"manifest must be a substrate Manifest or a mapping, got "
-                              f"{type(manifest).__name__}", key="manifest", rule="value-type")
+    try:
+        if hasattr(manifest, "to_dict"):
+            data = manifest.to_dict()
+            tags = manifest.tags() if hasattr(manifest, "tags") else manifest_tags(data)
+        elif isinstance(manifest, Mapping):
+            data = dict(manifest)
+            tags = manifest_tags(data)
+        else:
+            raise ValidationError(f"manifest must be a substrate Manifest or a mapping, got "
+                                  f"{type(manifest).__name__}", key="manifest", rule="value-type")
+    except (AttributeError, TypeError) as exc:  # e.g. "seeds" that is not a mapping
+        raise ValidationError(f"manifest has the wrong shape: {exc}", key="manifest",
+                              rule="value-type") from None
     try:
         orjson.dumps(data)
     except TypeError as exc:
         raise ValidationError(f"manifest is not JSON-serialisable: {exc}", key="manifest",
                               rule="value-type") from None
-    return data, {k: tag_value(k, v) for k, v in tags.items()}
+    return data, {check_key(k, "tag"): tag_value(k, v) for k, v in tags.items()}
 
 
 class Tracker:
@@ -295,20 +445,26 @@ class Tracker:
 
     def start_run(self, run_name: str | None = None, experiment_name: str | None = None,
                   manifest: Any = None, run_artifacts: RunArtifacts | None = None, nested: bool = False,
-                  *, tags: Mapping[str, Any] | None = None, description: str | None = None) -> Run | NoopRun:
+                  *, tags: Mapping[str, Any] | None = None, description: str | None = None,
+                  log_system_metrics: bool | None = None, capture_console: bool | None = None) -> Run | NoopRun:
         """Start a run and write its ``run_start`` record; returns a context manager.
 
         ``nested=True`` makes the run a child of the active run. Starting a run
         while another is active without ``nested=True`` is an error (as in MLflow).
+        ``log_system_metrics`` (MLflow's argument) and ``capture_console``: None
+        takes ``tracking.system_metrics.enabled`` / ``tracking.capture_console``
+        (see :mod:`.system_metrics`, :mod:`.console`).
         """
         if not self.enabled:
             return NoopRun(run_name)
+        for name, flag in (("log_system_metrics", log_system_metrics), ("capture_console", capture_console)):
+            if flag is not None and not isinstance(flag, bool):
+                raise ValidationError(f"{name} must be True, False or None, got {flag!r:.80}", key=name,
+                                      rule="value-type")
         if self.config.journal.end_runs_on_sigterm:
             _install_sigterm_handler()
-        if run_name is not None and (not isinstance(run_name, str) or len(run_name) > _MAX_RUN_NAME
-                                     or not _is_text(run_name)):
-            raise ValidationError(f"run_name must be a string of at most {_MAX_RUN_NAME} characters, got "
-                                  f"{run_name!r:.80}", key="run_name", rule="run-name")
+        if run_name is not None:
+            check_run_name(run_name)
         parent = self.active_run()
         if parent is not None and not nested:
             raise RunStateError(f"run {parent.run_id} ({parent.run_name!r}) is already active; end it first "
@@ -318,10 +474,7 @@ class Tracker:
         # A child run lives in its parent's experiment unless told otherwise (as in MLflow).
         inherited = parent.experiment_name if parent is not None else None
         experiment = experiment_name or inherited or self.config.tracking.default_experiment
-        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500 \
-                or not _is_text(experiment):
-            raise ValidationError(f"experiment_name must be a non-empty string of at most 500 characters, "
-                                  f"got {experiment!r:.80}", key="experiment_name", rule="experiment-name")
+        check_experiment_name(experiment)
 
         all_tags: dict[str, str] = {
             "mlflow.user": _user(),
@@ -341,6 +494,11 @@ class Tracker:
             extra_tags["mlflow.note.content"] = tag_value("mlflow.note.content", description)
         for key, value in (tags or {}).items():
             extra_tags[check_key(key, "tag")] = tag_value(key, value)
+        # MLflow's create_run refuses a run_name that differs from a mlflow.runName tag.
+        if run_name and extra_tags.get(RUN_NAME_TAG) and extra_tags[RUN_NAME_TAG] != run_name:
+            raise ValidationError(f"run_name {run_name!r:.80} and the tag {RUN_NAME_TAG!r} "
+                                  f"{extra_tags[RUN_NAME_TAG]!r:.80} differ; MLflow refuses both with "
+                                  "different values", key="run_name", rule="run-name")
         run_id = uuid.uuid4().hex
         if run_artifacts is not None:
             run_dir = Path(run_artifacts.run_dir)
@@ -364,6 +522,10 @@ class Tracker:
         })
         if manifest_data is not None:
             run._append("manifest", {"manifest": manifest_data})
+        cfg = self.config.tracking
+        run._start_telemetry(
+            system_metrics=cfg.system_metrics.enabled if log_system_metrics is None else log_system_metrics,
+            console=cfg.capture_console if capture_console is None else capture_console)
         with self._lock:
             self._stack.append(run)
         return run
@@ -423,32 +585,33 @@ class Tracker:
                 pass
 
 
-def _is_text(text: str) -> bool:
-    """True if ``text`` encodes to UTF-8 (no lone surrogates), as the journal and MLflow need."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _storable(text: str) -> str:
+    """``text`` with NUL (which SQL stores cannot hold) and lone surrogates escaped, as ``\\x00`` etc."""
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _user() -> str:
+    """``mlflow.user``, which MLflow also stores as ``runs.user_id`` (VARCHAR(256))."""
     try:
-        return getpass.getuser()
+        return _storable(getpass.getuser())[:256]
     except Exception:  # noqa: BLE001 - no passwd entry in some containers
         return "unknown"
 
 
 def _source_name() -> str:
+    """``mlflow.source.name`` (``runs.source_name`` is VARCHAR(500)); a script path that is not valid
+    UTF-8 (surrogate-escaped bytes in ``sys.argv``) is kept with those bytes escaped."""
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "<interactive>"
-    return argv0[:500]
+    return _storable(argv0)[:500]
 
 
 _trackers: dict[tuple, Tracker] = {}
 _trackers_lock = threading.Lock()
-_ENV_KEYS = ("FF_CONFIG", "MLFLOW_TRACKING_URI", "FF_ARTIFACT_ROOT", "FF_JOURNAL_ROOT", "FF_TRACKING_ENABLED")
+_ENV_KEYS = ("FF_CONFIG", "MLFLOW_TRACKING_URI", "FF_ARTIFACT_ROOT", "FF_JOURNAL_ROOT", "FF_TRACKING_ENABLED",
+             "FF_ARTIFACT_STORE")
 
 
 def get_tracker(config: Config | Path | str | None = None) -> Tracker:

@@ -16,6 +16,15 @@ Rules (each is a ``rule`` value on the error):
 - ``metric-value``: not a real number (``bool`` is refused, as MLflow does).
 - ``metric-step`` / ``metric-timestamp``: not an integer / a negative timestamp.
 - ``value-type``: a param or tag value that has no faithful string form.
+- ``run-name`` / ``experiment-name``: not a string, a NUL or lone surrogate in it, longer than
+  the SQL column (``runs.name`` VARCHAR(250), ``experiments.name`` VARCHAR(256): MLflow's own
+  check allows 500, but PostgreSQL refuses more than 256), or an empty experiment name. A
+  ``mlflow.runName`` tag is the run's name, so its value follows the run name's limit.
+- ``artifact-path``: a ``logical_path`` whose artifact path (``artifact_refs/<path>.json``)
+  MLflow or the ingester's record check would refuse (:func:`artifact_logical_path`).
+- ``artifact-digest`` / ``artifact-size``: not a sha256 digest / not an integer in ``[0, 2**63)``.
+- ``artifact-text``: ``store_uri`` / ``media_type`` not a string (or None), empty, too long,
+  or holding a control character or a lone surrogate.
 """
 
 from __future__ import annotations
@@ -24,19 +33,31 @@ import math
 import numbers
 import posixpath
 import re
+import urllib.parse
 
 from formula_foundry.errors import ValidationError
 
 __all__ = [
-    "MAX_BATCH_METRICS",
     "MAX_BATCH_PARAMS_TAGS",
+    "MAX_EXPERIMENT_NAME_LENGTH",
     "MAX_KEY_LENGTH",
+    "MAX_LOGICAL_PATH_BYTES",
+    "MAX_MEDIA_TYPE_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
+    "MAX_PATH_SEGMENT_BYTES",
+    "MAX_RUN_NAME_LENGTH",
+    "MAX_STORE_URI_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
+    "artifact_digest",
+    "artifact_logical_path",
+    "artifact_size",
+    "artifact_text",
     "check_key",
+    "experiment_name",
     "encode_metric_value",
     "metric_value",
     "param_value",
+    "run_name",
     "tag_value",
 ]
 
@@ -44,9 +65,22 @@ __all__ = [
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
-MAX_BATCH_METRICS = 1000
+# MLflow's log_batch limit for params + tags; the journal's line limit is reasoned from it
+# (tracking/journal.py, docs/journal-format.md "Line limit").
 MAX_BATCH_PARAMS_TAGS = 100
-MAX_BATCH_ENTITIES = 1000
+# The SQL columns (mlflow/store/tracking/dbmodels/models.py): runs.name VARCHAR(250),
+# experiments.name VARCHAR(256). PostgreSQL and MySQL refuse longer text.
+MAX_RUN_NAME_LENGTH = 250
+MAX_EXPERIMENT_NAME_LENGTH = 256
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's set_tag of this key renames the run (runs.name)
+# Artifact references (``artifact_refs/<logical_path>.json``): a segment of at most 240 bytes
+# keeps the file name (with ".json") under 255 bytes; the whole path is bounded too, well below
+# PATH_MAX with the artifact root in front of it.
+MAX_PATH_SEGMENT_BYTES = 240
+MAX_LOGICAL_PATH_BYTES = 1024
+MAX_STORE_URI_LENGTH = MAX_TAG_VALUE_LENGTH
+MAX_MEDIA_TYPE_LENGTH = 255  # RFC 6838: type and subtype names of at most 127 characters each
+MAX_SIZE_BYTES = 2**63 - 1  # BIGINT, and what the journal's JSON integers carry
 
 _KEY_CHARS = re.compile(r"[/\w.\- :]+")
 
@@ -115,6 +149,9 @@ def tag_value(key: str, value: object) -> str:
     if len(text) > MAX_TAG_VALUE_LENGTH:
         raise ValidationError(f"tag {key!r}: value is {len(text)} characters; the limit is "
                               f"{MAX_TAG_VALUE_LENGTH}", key=key, rule="tag-length")
+    if key == RUN_NAME_TAG and len(text) > MAX_RUN_NAME_LENGTH:
+        raise ValidationError(f"tag {key!r} is the run's name: value is {len(text)} characters; the "
+                              f"limit is {MAX_RUN_NAME_LENGTH} (runs.name)", key=key, rule="run-name")
     return text
 
 
@@ -161,3 +198,172 @@ def check_timestamp(key: str, timestamp: object) -> int:
             f"metric {key!r}: timestamp {timestamp!r} must be a non-negative integer of milliseconds",
             key=key, rule="metric-timestamp")
     return int(timestamp)
+
+
+# --------------------------------------------------------------------------- names
+
+def _is_text(text: str) -> bool:
+    """True if ``text`` encodes to UTF-8 (no lone surrogates), as the journal and MLflow need."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _name(value: object, arg: str, limit: int, *, empty: bool) -> str:
+    rule = arg.replace("_", "-")
+    if not isinstance(value, str):
+        raise ValidationError(f"{arg} must be a string, got {type(value).__name__} {value!r:.80}",
+                              key=arg, rule=rule)
+    if len(value) > limit:
+        raise ValidationError(f"{arg} {value[:40]!r}... is {len(value)} characters; the limit is {limit}",
+                              key=arg, rule=rule)
+    if "\x00" in value:
+        raise ValidationError(f"{arg} {value!r:.80} contains a NUL character, which SQL stores (PostgreSQL) "
+                              "cannot hold", key=arg, rule=rule)
+    if not _is_text(value):
+        raise ValidationError(f"{arg} {value!r:.80} is not valid Unicode text (lone surrogate)",
+                              key=arg, rule=rule)
+    if not empty and not value.strip():
+        raise ValidationError(f"{arg} must not be empty, got {value!r}", key=arg, rule=rule)
+    return value
+
+
+def run_name(value: object) -> str:
+    """A run name: free text, as in MLflow (``sweep 0..10`` is fine), but storable: at most 250
+    characters, no NUL, valid Unicode."""
+    return _name(value, "run_name", MAX_RUN_NAME_LENGTH, empty=True)
+
+
+def experiment_name(value: object) -> str:
+    """An experiment name: free text, not blank, at most 256 characters, no NUL, valid Unicode."""
+    return _name(value, "experiment_name", MAX_EXPERIMENT_NAME_LENGTH, empty=False)
+
+
+# --------------------------------------------------------------------------- artifact references
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"[A-Za-z]:")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_UPLOADING_PREFIX = ".artifact.uploading."  # MLflow's local repository: its files in flight
+
+
+def _mlflow_decode(path: str) -> str:
+    """``mlflow.utils.uri._decode``: percent-decode until stable (ValueError after 10 rounds)."""
+    for _ in range(10):
+        decoded = urllib.parse.unquote(path)
+        parsed = urllib.parse.urlunparse(urllib.parse.urlparse(decoded))
+        if parsed == path:
+            return path
+        path = parsed
+    raise ValueError("the path does not decode to a fixed point in 10 rounds")
+
+
+def _path_error(path: object, why: str) -> ValidationError:
+    return ValidationError(f"artifact reference: logical_path {path!r:.120} {why}",
+                           key="logical_path", rule="artifact-path")
+
+
+def artifact_logical_path(path: object) -> str:
+    """Validate the ``logical_path`` of an artifact reference; returns it with ``\\`` as ``/``.
+
+    The ingester writes the reference to ``artifact_refs/<path>.json`` in the run's artifacts, so the
+    path must pass, as a folder plus a file name, what MLflow 3.17 checks on every artifact repository
+    (``verify_artifact_path``: the folder must not change under ``posixpath.normpath``;
+    ``validate_path_is_safe`` on the percent-decoded path: no ``#``, no ``..``, not absolute, no other
+    separator; the local repository's reserved ``.artifact.uploading.`` names) and the ingester's
+    record check (no control character, no ``~`` first segment, no drive letter, segments of at most
+    240 bytes). Checked on the path as given, once percent-decoded and decoded as MLflow does.
+    """
+    if not isinstance(path, str):
+        raise ValidationError(f"artifact reference: logical_path must be a string, got "
+                              f"{type(path).__name__} {path!r:.80}", key="logical_path", rule="artifact-path")
+    if not path.strip():
+        raise _path_error(path, "must be a non-empty path")
+    if not _is_text(path):
+        raise _path_error(path, "is not valid Unicode text (lone surrogate)")
+    if _CONTROL.search(path):
+        raise _path_error(path, "contains a control character (NUL, newline, tab, ...)")
+    norm = path.replace("\\", "/")  # a Windows-style path names the same folders
+    if len(norm.encode("utf-8")) > MAX_LOGICAL_PATH_BYTES:
+        raise _path_error(path, f"is longer than {MAX_LOGICAL_PATH_BYTES} bytes (UTF-8)")
+    try:
+        decoded = _mlflow_decode(norm)
+    except ValueError:
+        raise _path_error(path, "does not percent-decode to a stable path (MLflow refuses it)") from None
+    for candidate in dict.fromkeys((norm, urllib.parse.unquote(norm), decoded)):
+        if "#" in candidate:
+            raise _path_error(path, "contains '#', which MLflow refuses in artifact paths")
+        if "\\" in candidate:
+            raise _path_error(path, "contains a backslash once percent-decoded; MLflow refuses other "
+                                    "separators")
+        parts = candidate.split("/")
+        if ".." in parts:
+            raise _path_error(path, "contains '..'; it must stay inside the run's artifacts")
+        if candidate.startswith("/"):
+            raise _path_error(path, "is absolute; it must be relative")
+        if _DRIVE.match(candidate):
+            raise _path_error(path, "starts with a drive letter; it must be relative")
+        if any(part in ("", ".") for part in parts):
+            raise _path_error(path, f"is not a normalised path (it would resolve to "
+                                    f"{posixpath.normpath(candidate)!r}): no empty or '.' segment")
+        if parts[0].startswith("~"):
+            raise _path_error(path, "starts with '~' (a home folder to some tools)")
+        if any(len(part.encode("utf-8")) > MAX_PATH_SEGMENT_BYTES for part in parts):
+            raise _path_error(path, f"has a segment longer than {MAX_PATH_SEGMENT_BYTES} bytes (UTF-8)")
+        if parts[-1].startswith(_UPLOADING_PREFIX):
+            raise _path_error(path, f"names a file starting with {_UPLOADING_PREFIX!r}, reserved by MLflow")
+    return norm
+
+
+def artifact_digest(digest: object) -> str:
+    """A sha256 digest, bare (64 hex digits) or ``sha256:``-prefixed; returned as bare lowercase hex.
+
+    Any other algorithm (``md5:...``) is refused: the store and the ingester only know sha256.
+    """
+    hex_digest = digest
+    if isinstance(digest, str) and ":" in digest:
+        algorithm, _, hex_digest = digest.partition(":")
+        if algorithm.lower() != "sha256":
+            raise ValidationError(f"artifact reference: digest {digest!r:.120} uses algorithm "
+                                  f"{algorithm!r:.40}; only sha256 is supported ('sha256:<64 hex>' or 64 hex "
+                                  "digits)",
+                                  key="digest", rule="artifact-digest")
+    if not isinstance(hex_digest, str) or not _SHA256.fullmatch(hex_digest):
+        raise ValidationError(f"artifact reference: digest {digest!r:.120} is not a sha256 digest "
+                              "('sha256:<64 hex>' or 64 hex digits)", key="digest", rule="artifact-digest")
+    return hex_digest.lower()
+
+
+def artifact_size(size: object) -> int:
+    """``size_bytes``: an integer (not ``bool``) in ``[0, 2**63)``."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 0 <= size <= MAX_SIZE_BYTES:
+        raise ValidationError(f"artifact reference: size_bytes {size!r:.80} must be an integer from 0 to "
+                              f"2**63 - 1", key="size_bytes", rule="artifact-size")
+    return int(size)
+
+
+def artifact_text(arg: str, value: object, limit: int) -> str | None:
+    """``store_uri`` / ``media_type``: None, or a non-empty string of at most ``limit`` characters
+    with no control character and no lone surrogate."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"artifact reference: {arg} must be a string or None, got "
+                              f"{type(value).__name__} {value!r:.80}", key=arg, rule="artifact-text")
+    if len(value) > limit:
+        raise ValidationError(f"artifact reference: {arg} {value[:40]!r}... is {len(value)} characters; "
+                              f"the limit is {limit}", key=arg, rule="artifact-text")
+    if not value.strip():
+        raise ValidationError(f"artifact reference: {arg} must not be empty (pass None), got {value!r}",
+                              key=arg, rule="artifact-text")
+    if _CONTROL.search(value):
+        raise ValidationError(f"artifact reference: {arg} {value!r:.120} contains a control character "
+                              "(NUL, newline, ...)", key=arg, rule="artifact-text")
+    if not _is_text(value):
+        raise ValidationError(f"artifact reference: {arg} {value!r:.120} is not valid Unicode text "
+                              "(lone surrogate)", key=arg, rule="artifact-text")
+    return value

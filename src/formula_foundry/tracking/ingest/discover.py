@@ -2,9 +2,9 @@
 
 What discovery takes (docs/journal-format.md, "Where journals live"):
 
-* **Regular files only.** A FIFO, socket, device or folder named like a journal is
-  skipped with a warning: opening a FIFO for reading waits for a writer forever,
-  which would hang a batch, ``status`` and ``--watch`` alike.
+* **Regular files only.** A FIFO, socket or device named like a journal is skipped
+  with a warning: opening a FIFO for reading waits for a writer forever, which would
+  hang a batch, ``status`` and ``--watch`` alike. (A folder so named is no file.)
 * **No symlink below a root is followed.** A symlinked folder is not descended and a
   symlink named like a journal is skipped with a warning, wherever it points: what
   ingests is what lies under the roots, never what a link reaches outside them (or a

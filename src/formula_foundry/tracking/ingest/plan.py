@@ -8,6 +8,20 @@ then starts a new one. A record too large for one batch (``log_metrics`` with
 record it completes, so a checkpoint always falls on a record boundary and
 replaying a half-applied record is harmless (see :mod:`.sink`).
 
+``artifact`` records become :class:`~.sink.Upload` values: at most
+:attr:`Limits.uploads` files and :attr:`Limits.upload_bytes` bytes per batch
+(a larger file goes alone), so that a checkpoint follows every bounded chunk
+of uploads and a crash repeats at most one such chunk.
+
+``console`` records ride in whatever batch is open (their texts in
+:attr:`~.sink.Batch.console`); a sink that commits such a batch rewrites the
+artifact ``logs/console.txt`` with the journal's console text up to the
+batch's end (:mod:`.console_text`).
+
+``tag_delete`` records become :attr:`~.sink.Batch.deleted_tags` (within a batch
+the later of a key's set and deletion wins, so a key is in ``tags`` or in
+``deleted_tags``, never both); ``inputs`` records extend :attr:`~.sink.Batch.inputs`.
+
 Metrics are de-duplicated inside a batch on MLflow's primary key (key,
 timestamp, step, value, is_nan): MLflow's own recovery path for duplicate
 keys re-inserts row by row, which is slow on large batches.
@@ -32,7 +46,7 @@ import orjson
 from formula_foundry.errors import CorruptRecordError
 from formula_foundry.tracking.events import decode_metric_value, iter_metrics, iter_pairs
 from formula_foundry.tracking.ingest.schema import RecordChecker, RecordSchemaError
-from formula_foundry.tracking.ingest.sink import Batch
+from formula_foundry.tracking.ingest.sink import Batch, Upload
 from formula_foundry.tracking.journal import Chunk, ReadPosition
 
 __all__ = ["ARTIFACT_REFS_DIR", "MLFLOW_LIMITS", "BatchBuilder", "Limits", "artifact_ref_document"]
@@ -49,6 +63,8 @@ class Limits:
     tags: int = 100
     entities: int = 1000
     payload_bytes: int = 900_000  # below MLflow's 1 MB request limit, with room for JSON overhead
+    uploads: int = 100  # artifact files per batch (ours: a checkpoint after each bounded chunk of uploads)
+    upload_bytes: int = 256 << 20  # ... and their bytes (a larger file goes alone)
 
 
 MLFLOW_LIMITS = Limits()  # MLflow 3.17's log_batch limits (mlflow/utils/validation.py)
@@ -137,6 +153,7 @@ class BatchBuilder:
         self._batch = Batch()
         self._seen: set[tuple] = set()
         self._bytes = 0
+        self._upload_bytes = 0
         # End of the last record added; starts where reading starts, so that the first part
         # of a record split across batches still carries a (not advancing) position.
         self.position: ReadPosition | None = start
@@ -164,6 +181,7 @@ class BatchBuilder:
         self._batch = Batch()
         self._seen = set()
         self._bytes = 0
+        self._upload_bytes = 0
 
     def add(self, record: dict, end: ReadPosition) -> list[Batch]:
         """Add one verified record that ends at ``end``; returns batches that are ready to commit.
@@ -200,14 +218,39 @@ class BatchBuilder:
                     continue
                 if target == "tag" and key in store:
                     del store[key]  # re-insert so dict order stays the journal's order
+                if target == "tag" and self._batch.deleted_tags and key in self._batch.deleted_tags:
+                    self._batch.deleted_tags.remove(key)  # set after its deletion: the set wins
                 store[key] = value
                 self._bytes += size
+        elif kind == "tag_delete":
+            key = record["key"]
+            if key not in self._batch.tags and len(self._batch.deleted_tags) >= self.limits.tags:
+                self._cut(out)
+            self._batch.tags.pop(key, None)  # deleted after being set: the deletion wins
+            if key not in self._batch.deleted_tags:
+                self._batch.deleted_tags.append(key)
+        elif kind == "inputs":
+            datasets = record["datasets"]
+            if self._batch.inputs and len(self._batch.inputs) + len(datasets) > self.limits.entities:
+                self._cut(out)
+            self._batch.inputs.extend(datasets)
         elif kind == "manifest":
             self._batch.artifacts[MANIFEST_ARTIFACT] = orjson.dumps(
                 record["manifest"], option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         elif kind == "artifact_ref":
             path, content = artifact_ref_document(record)
             self._batch.artifacts[path] = content
+        elif kind == "artifact":
+            size = record["size_bytes"]
+            uploads = self._batch.uploads
+            if uploads and (len(uploads) >= self.limits.uploads
+                            or self._upload_bytes + size > self.limits.upload_bytes):
+                self._cut(out)
+            self._batch.uploads.append(Upload(record["path"], record["digest"], size, record.get("store_uri"),
+                                              end.line - 1))
+            self._upload_bytes += size
+        elif kind == "console":
+            self._batch.console.append(record["text"])  # the sink rewrites logs/console.txt (console_text.py)
         elif kind == "run_end":
             error = record.get("error")
             if error:

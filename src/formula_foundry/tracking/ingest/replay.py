@@ -17,7 +17,8 @@ after committing everything before it; the other journals go on.
 
 What one journal holds never stops the pass: anything its content or its
 file raises (an unreadable file, a run that is its own ancestor, a record of
-the wrong shape) becomes that journal's error. Only the store's own failures
+the wrong shape, the missing or corrupt blob of an ``artifact`` record:
+:class:`~formula_foundry.errors.BlobError`) becomes that journal's error. Only the store's own failures
 (:class:`~formula_foundry.errors.StoreUnavailableError`, and whatever a sink
 or the progress callback raises) leave :meth:`Replayer.ingest`.
 """
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from formula_foundry.errors import (
+    BlobError,
     CorruptRecordError,
     FormulaFoundryError,
     StoreRejectedError,
@@ -66,7 +68,7 @@ class JournalReport:
     journal_id: str | None = None
     run_id: str | None = None
     mlflow_run_id: str | None = None
-    state: str = "pending"  # ingested | up-to-date | pending | waiting | error
+    state: str = "pending"  # ingested | up-to-date | pending | waiting | error | skipped
     records: int = 0  # records committed in this pass
     batches: int = 0
     created_run: bool = False
@@ -74,6 +76,7 @@ class JournalReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # corrupt lines passed over with --skip-corrupt
+    uploads: list[tuple[str, int]] = field(default_factory=list)  # (artifact path, bytes) uploaded (dry run: to upload)
 
 
 @dataclass
@@ -84,6 +87,14 @@ class PassReport:
     @property
     def records(self) -> int:
         return sum(j.records for j in self.journals)
+
+    @property
+    def uploads(self) -> int:
+        return sum(len(j.uploads) for j in self.journals)
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(size for j in self.journals for _, size in j.uploads)
 
     @property
     def runs_created(self) -> int:
@@ -338,6 +349,8 @@ class Replayer:
             except StoreRejectedError as exc:
                 raise _Rejected(f"{path}: records {position.seq}..{batch.position.seq - 1} "
                                 f"(lines {position.line}..{batch.position.line - 1}): {exc}") from None
+            except BlobError as exc:  # the journal's blob, not the store: this journal waits for it
+                raise _Rejected(f"{path}:{exc.line}: {exc}") from None
             self._params.setdefault(mlflow_run_id, {}).update(batch.params)
             if self.on_progress:
                 self.on_progress(batch.position.offset - position.offset)
@@ -345,6 +358,7 @@ class Replayer:
             base, position = new, batch.position
             jr.records += batch.records
             jr.batches += 1
+            jr.uploads += [(u.path, u.size_bytes) for u in batch.uploads]
 
         try:
             for chunk in reader.chunks(base.position, skip_corrupt=self.skip_corrupt,
@@ -395,11 +409,12 @@ class Replayer:
         reader = JournalReader(header.path)
         try:
             for chunk in reader.chunks(start, skip_corrupt=self.skip_corrupt):
-                jr.batches += len(builder.add_chunk(chunk))
+                self._planned(builder.add_chunk(chunk), jr)
                 if builder.error is not None:
                     raise builder.error
                 jr.records += len(chunk)
-            jr.batches += builder.flush() is not None
+            tail = builder.flush()
+            self._planned([tail] if tail is not None else [], jr)
         except Exception as exc:  # noqa: BLE001 - this journal's content or file: its error
             jr.errors.append(_describe(exc, header.path))
             jr.state = "error"
@@ -408,6 +423,13 @@ class Replayer:
         jr.created_run = cp is None or not cp.mlflow_run_id
         jr.state = "ingested" if jr.records else "up-to-date"
         return jr
+
+    @staticmethod
+    def _planned(batches: list[Batch], jr: JournalReport) -> None:
+        """Count what a dry run would commit."""
+        jr.batches += len(batches)
+        for batch in batches:
+            jr.uploads += [(u.path, u.size_bytes) for u in batch.uploads]
 
 
 class _Rejected(Exception):

@@ -30,6 +30,14 @@ Rules (format version 1; :mod:`formula_foundry.tracking.events` lists the member
   character or drive letter), ``digest`` 64 lowercase hex digits,
   ``size_bytes`` an integer in ``[0, 2**63)``, ``store_uri``/``media_type``
   a string or null.
+* ``artifact``: ``path`` by the rules of ``logical_path`` above, ``digest``,
+  ``size_bytes``, ``store_uri`` and ``media_type`` as in ``artifact_ref``.
+* ``console``: ``stream`` ``stdout`` or ``stderr``; ``text`` a string, which
+  may hold NUL (it only ever lands in an artifact file, never in SQL).
+* ``tag_delete``: ``key`` by MLflow's key rule. ``inputs``: ``datasets`` a list of
+  objects with ``name``, ``digest``, ``source_type``, ``source`` (non-empty strings)
+  and ``schema``, ``profile`` (string or null) within MLflow's dataset limits, and
+  ``tags`` (string -> string, keys at most 255 characters, values 500).
 * ``run_end``: ``status`` one of ``FINISHED``, ``FAILED``, ``KILLED``;
   ``error`` a string or null.
 * Order (:class:`RecordChecker` with ``header=``): ``run_start``/``run_attach``
@@ -71,9 +79,10 @@ HEADER_TYPES = frozenset({"run_start", "run_attach"})
 END_TYPES = frozenset({"run_end", "segment_end"})
 _ORDERED_TYPES = HEADER_TYPES | END_TYPES  # the types with a place of their own in a journal
 MAX_RUN_NAME_LENGTH = 250  # MLflow: runs.name is VARCHAR(250)
-MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow: MAX_EXPERIMENT_NAME_LENGTH
+MAX_EXPERIMENT_NAME_LENGTH = 256  # MLflow checks 500, but its experiments.name column is VARCHAR(256)
 MAX_JOURNAL_ID_LENGTH = 64
 MAX_PATH_SEGMENT_BYTES = 240  # a file name of 255 bytes at most, with ".json" added
+MLFLOW_RESERVED_PREFIX = ".artifact.uploading."  # MLflow's local repository: its files in flight
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -212,20 +221,20 @@ def _metric_step_and_time(kind: str, record: dict) -> None:
     _int(kind, record, "mts", 0, INT64_MAX, required=False)
 
 
-def _logical_path(kind: str, record: dict) -> None:
-    path = record.get("logical_path", _MISSING)
+def _logical_path(kind: str, record: dict, field: str = "logical_path") -> None:
+    path = record.get(field, _MISSING)
     if path is _MISSING:
-        raise _fail(kind, "logical_path", "is missing")
+        raise _fail(kind, field, "is missing")
     if type(path) is not str:
-        raise _fail(kind, "logical_path", f"must be a string, not {_shown(path)}")
+        raise _fail(kind, field, f"must be a string, not {_shown(path)}")
     if _CONTROL.search(path):
-        raise _fail(kind, "logical_path", f"{path!r:.80} contains a control character (NUL, newline, ...)")
+        raise _fail(kind, field, f"{path!r:.80} contains a control character (NUL, newline, ...)")
     for candidate in {path, unquote(path)}:  # MLflow percent-decodes artifact paths before its checks
         parts = candidate.split("/")
         if (not candidate or "\\" in candidate or "#" in candidate or _DRIVE.match(candidate)
                 or any(part in ("", ".", "..") or len(part.encode()) > MAX_PATH_SEGMENT_BYTES for part in parts)
                 or parts[0].startswith("~")):
-            raise _fail(kind, "logical_path", f"{path!r:.80} is not a normalised relative path (segments of "
+            raise _fail(kind, field, f"{path!r:.80} is not a normalised relative path (segments of "
                         f"at most {MAX_PATH_SEGMENT_BYTES} bytes separated by one '/', none empty, '.', '..' "
                         "or a leading '~...', no '\\', '#' or drive letter)")
 
@@ -320,8 +329,19 @@ def _manifest(record: dict, keys: set[str]) -> None:
 
 
 def _artifact_ref(record: dict, keys: set[str]) -> None:
-    kind = "artifact_ref"
-    _logical_path(kind, record)
+    _blob_reference("artifact_ref", record, "logical_path")
+
+
+def _artifact(record: dict, keys: set[str]) -> None:
+    _blob_reference("artifact", record, "path")
+    if record["path"].rpartition("/")[2].startswith(MLFLOW_RESERVED_PREFIX):
+        raise _fail("artifact", "path", f"{record['path']!r:.80}: file names starting with "
+                    f"{MLFLOW_RESERVED_PREFIX!r} are reserved by MLflow (its files being uploaded)")
+
+
+def _blob_reference(kind: str, record: dict, path_field: str) -> None:
+    """The members ``artifact_ref`` and ``artifact`` share: a path, the blob's digest and size, where it is."""
+    _logical_path(kind, record, path_field)
     digest = record.get("digest", _MISSING)
     if digest is _MISSING:
         raise _fail(kind, "digest", "is missing")
@@ -330,6 +350,58 @@ def _artifact_ref(record: dict, keys: set[str]) -> None:
     _int(kind, record, "size_bytes", 0, INT64_MAX, required=True)
     _text(kind, record, "store_uri", required=False, nullable=True)
     _text(kind, record, "media_type", required=False, nullable=True)
+
+
+CONSOLE_STREAMS = ("stdout", "stderr")
+
+
+def _console(record: dict, keys: set[str]) -> None:
+    stream = record.get("stream", _MISSING)
+    if stream is _MISSING:
+        raise _fail("console", "stream", "is missing")
+    if type(stream) is not str or stream not in CONSOLE_STREAMS:
+        raise _fail("console", "stream", f"must be one of {', '.join(CONSOLE_STREAMS)}, not {_shown(stream)}")
+    text = record.get("text", _MISSING)
+    if text is _MISSING:
+        raise _fail("console", "text", "is missing")
+    if type(text) is not str:  # NUL is fine: the text only lands in logs/console.txt
+        raise _fail("console", "text", f"must be a string, not {_shown(text)}")
+
+
+def _tag_delete(record: dict, keys: set[str]) -> None:
+    key = record.get("key", _MISSING)
+    if key is _MISSING:
+        raise _fail("tag_delete", "key", "is missing")
+    if type(key) is not str or key not in keys:
+        _key("tag_delete", "key", key, "tag", keys)
+
+
+# MLflow 3.17's dataset limits (mlflow/utils/validation.py: MAX_DATASET_*, MAX_INPUT_TAG_*).
+_DATASET_TEXT = (("name", 500, False), ("digest", 36, False), ("source_type", 36, False),
+                 ("source", 65535, False), ("schema", 1048575, True), ("profile", 16777215, True))
+
+
+def _inputs(record: dict, keys: set[str]) -> None:
+    kind = "inputs"
+    datasets = record.get("datasets", _MISSING)
+    if datasets is _MISSING:
+        raise _fail(kind, "datasets", "is missing")
+    if type(datasets) is not list:
+        raise _fail(kind, "datasets", f"must be a list, not {_shown(datasets)}")
+    for i, dataset in enumerate(datasets):
+        field = f"datasets[{i}]"
+        if type(dataset) is not dict:
+            raise _fail(kind, field, f"must be an object, not {_shown(dataset)}")
+        for member, limit, nullable in _DATASET_TEXT:
+            _text(kind, dataset, member, required=not nullable, nullable=nullable, max_length=limit,
+                  empty=nullable)
+        tags = _object(kind, dataset, "tags", required=False, nullable=True) or {}
+        for key, value in tags.items():
+            if type(key) is not str or not key or len(key) > 255 or "\x00" in key:
+                raise _fail(kind, f"{field}.tags", f"key {key!r:.60} must be a string of 1 to 255 characters")
+            if type(value) is not str:
+                raise _fail(kind, f"{field}.tags[{key!r}]", f"must be a string, not {_shown(value)}", key)
+            _string_value(kind, f"{field}.tags[{key!r}]", value, 500, key=key)
 
 
 def _run_end(record: dict, keys: set[str]) -> None:
@@ -356,8 +428,12 @@ _CHECKS: dict[str, Callable[[dict, set[str]], None]] = {
     "metrics": _metrics,
     "manifest": _manifest,
     "artifact_ref": _artifact_ref,
+    "artifact": _artifact,
+    "console": _console,
     "run_end": _run_end,
     "segment_end": _segment_end,
+    "tag_delete": _tag_delete,
+    "inputs": _inputs,
 }
 
 # The members that ``metric_points`` reads from a record without ``mts`` (a KeyError: doubtful).

@@ -27,12 +27,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from formula_foundry.tracking.events import MetricPoint
 from formula_foundry.tracking.journal import START, ReadPosition
 
-__all__ = ["Batch", "Checkpoint", "CheckpointStore", "RunInfo", "Sink"]
+__all__ = ["Batch", "Checkpoint", "CheckpointStore", "RunInfo", "Sink", "Upload"]
+
+
+class Upload(NamedTuple):
+    """One ``artifact`` record: a blob of the content-addressed store to put at ``path`` in the run's artifacts."""
+
+    path: str  # the file's path inside the run's artifact location (posix, relative)
+    digest: str  # sha256 of the blob, 64 lowercase hex digits
+    size_bytes: int
+    store_uri: str | None  # the store root the producer wrote the blob into
+    line: int  # the record's line in its journal (for error messages)
 
 
 @dataclass
@@ -44,6 +54,13 @@ class Batch:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)  # artifact path -> file content
+    uploads: list[Upload] = field(default_factory=list)  # blobs to upload, in journal order
+    # texts of the batch's ``console`` records, in journal order; the sink rewrites logs/console.txt
+    # with the journal's whole console text up to the batch's end (console_text.ConsoleText)
+    console: list[str] = field(default_factory=list)
+    # tags to remove (``tag_delete``), applied before ``tags``: the builder keeps a key in one of the two
+    deleted_tags: list[str] = field(default_factory=list)
+    inputs: list[dict] = field(default_factory=list)  # ``inputs`` datasets (the record's objects), in order
     end: tuple[str, int] | None = None  # (status, end time ms)
     records: int = 0  # journal records completed by this batch
     position: ReadPosition | None = None  # journal position after the last completed record
@@ -51,7 +68,8 @@ class Batch:
     conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (param, kept, refused)
 
     def __bool__(self) -> bool:
-        return bool(self.metrics or self.params or self.tags or self.artifacts or self.end or self.records)
+        return bool(self.metrics or self.params or self.tags or self.artifacts or self.uploads or self.console
+                    or self.deleted_tags or self.inputs or self.end or self.records)
 
 
 @dataclass(frozen=True)

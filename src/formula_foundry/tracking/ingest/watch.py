@@ -59,9 +59,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from formula_foundry.errors import CorruptRecordError, StoreUnavailableError, UnsupportedVersionError
+from formula_foundry.errors import JournalError, StoreUnavailableError
 from formula_foundry.tracking.config import Config, WatchConfig
-from formula_foundry.tracking.ingest.discover import discover, file_size, is_journal
+from formula_foundry.tracking.ingest.discover import discover, file_size, is_journal, skip_reason
 from formula_foundry.tracking.ingest.replay import JournalReport, PassReport, Replayer
 from formula_foundry.tracking.ingest.sink import Sink
 from formula_foundry.tracking.ingest.stores.connect import open_sink, store_lock
@@ -173,7 +173,9 @@ class Follower:
     # -- inputs -----------------------------------------------------------------
 
     def mark(self, path: Path | str) -> None:
-        """A journal was created or appended to."""
+        """A journal was created or appended to (a symlink or special file named like one is ignored)."""
+        if skip_reason(path) is not None:
+            return
         path = Path(path).resolve()
         self._dirty.add(path)
         self._known.add(path)
@@ -376,7 +378,7 @@ class Follower:
                 continue
             try:
                 header = JournalReader(path).first_record()
-            except (CorruptRecordError, UnsupportedVersionError, OSError) as exc:  # the ingest reports these
+            except (JournalError, OSError) as exc:  # the ingest reports these
                 log.debug(format_event("stale_check_skipped", path=path, error=exc))
                 continue
             if producer_alive(header) is True:

@@ -33,8 +33,9 @@ artifacts      through the ingester's own sink: logs a dummy run (a metric, a pa
 storage        store size (SQLite file, PostgreSQL ``pg_database_size``), artifact root size when
                local, free disk space under the local stores, the journals and the ingest state
                (WARN under 1 GiB or 5 % free)
-backlog        journal bytes beyond their checkpoints (not yet ingested) and journals whose last
-               ingest stopped at an error (WARN)
+backlog        journal bytes beyond their checkpoints (not yet ingested), the artifact files and
+               bytes among them still to upload, and journals whose last ingest stopped at an
+               error (WARN)
 =============  ================================================================================
 
 A check that cannot run because an earlier one failed is ``SKIP``. ``--json``
@@ -72,6 +73,7 @@ from formula_foundry.errors import ConfigError, StoreUnavailableError
 from formula_foundry.tracking.config import Config
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
+from formula_foundry.tracking.ingest.cli.status import scan_lag
 from formula_foundry.tracking.ingest.discover import discover
 from formula_foundry.tracking.events import MetricPoint
 from formula_foundry.tracking.ingest.sink import Batch
@@ -520,7 +522,7 @@ def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
         checkpoints = {cp.journal_id: cp for cp in read_checkpoints(cfg, uri)}
     except Exception as exc:  # noqa: BLE001
         return Check("backlog", WARN, f"cannot read the ingest checkpoints: {_one_line(exc)}")
-    pending_bytes = 0
+    pending_bytes = artifacts = artifact_bytes = 0
     behind = never = 0
     errors: list[str] = []
     for path in journals:
@@ -539,13 +541,22 @@ def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
         if lag:
             behind += 1
             pending_bytes += lag
+            try:
+                uploads = scan_lag(path, cp.position.offset if cp else 0)
+            except OSError:
+                continue
+            artifacts += uploads.artifacts
+            artifact_bytes += uploads.artifact_bytes
     data = {"journals": len(journals), "pending_bytes": pending_bytes, "journals_behind": behind,
-            "never_ingested": never, "errors": len(errors)}
+            "never_ingested": never, "errors": len(errors), "artifacts_pending": artifacts,
+            "artifact_bytes_pending": artifact_bytes}
     if not journals:
         return Check("backlog", OK, "no journals yet", data)
     if pending_bytes:
         detail = (f"{human_bytes(pending_bytes)} in {behind} of {len(journals)} journals not yet ingested"
-                  + (f" ({never} never ingested)" if never else "") + "; run ff-ingest (or --watch)")
+                  + (f" ({never} never ingested)" if never else "")
+                  + (f", {artifacts} artifact files ({human_bytes(artifact_bytes)}) to upload" if artifacts else "")
+                  + "; run ff-ingest (or --watch)")
     else:
         detail = f"0 B not yet ingested ({len(journals)} journals, all caught up)"
     if errors:

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from formula_foundry.tracking.config import Config
-from formula_foundry.tracking.ingest.cli.common import common, load, require_mlflow, setup_logging
+from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, require_mlflow, setup_logging
 from formula_foundry.tracking.ingest.discover import discover, journal_id_of
-from formula_foundry.tracking.ingest.replay import PassReport, Replayer
+from formula_foundry.tracking.ingest.replay import JournalReport, PassReport, Replayer
 from formula_foundry.tracking.ingest.sink import Sink
 from formula_foundry.tracking.ingest.stores.connect import open_sink, read_checkpoints, store_lock
 from formula_foundry.tracking.ingest.stores.checkpoints import MemoryCheckpoints
@@ -54,10 +54,13 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
               quiet: bool = False) -> int:
     """One pass over every journal (or ``paths``); returns 0, or 1 when a journal had an error."""
     uri = tracking_uri or cfg.tracking.backend_store_uri
-    journals = discover(cfg.journal_roots if not paths else (), paths)
+    skipped: list[JournalReport] = []  # special files and symlinks named like journals: reported, not read
+    journals = discover(cfg.journal_roots if not paths else (), paths, on_skip=lambda path, reason: skipped.append(
+        JournalReport(path=path, state="skipped", warnings=[f"{path}: skipped: {reason}"])))
     if dry_run:  # reads checkpoints only: it opens (and so creates) neither the store nor any state
         replayer = Replayer(_DryRunSink(cfg, uri, sink), dry_run=True, skip_corrupt=skip_corrupt)
         report = replayer.ingest(journals)
+        report.journals += skipped
         _print_summary(report, journals=len(journals), uri=redact(uri), as_json=as_json, quiet=quiet,
                        dry_run=True, sink_kind=sink or cfg.ingest.sink)
         return 0 if report.ok else 1
@@ -79,6 +82,7 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
                     bar.close()
         finally:
             store.close()
+    report.journals += skipped
     _print_summary(report, journals=len(journals), uri=store.display_uri, as_json=as_json, quiet=quiet,
                    dry_run=False, sink_kind=store.kind)
     return 0 if report.ok else 1
@@ -115,11 +119,14 @@ def _print_summary(report: PassReport, *, journals: int, uri: str, as_json: bool
         click.echo(json.dumps({
             "store": uri, "sink": sink_kind, "dry_run": dry_run, "journals": journals, "records": report.records,
             "runs_created": report.runs_created, "runs_updated": report.runs_updated,
+            "uploads": report.uploads, "upload_bytes": report.upload_bytes,
             "elapsed_s": round(report.elapsed, 3),
             "records_per_s": round(rate, 1), "errors": len(report.failed), "pending": len(pending),
             "details": [{"path": str(j.path), "state": j.state, "run_id": j.run_id,
                          "mlflow_run_id": j.mlflow_run_id, "records": j.records, "batches": j.batches,
-                         "pending_bytes": j.pending_bytes, "errors": j.errors, "warnings": j.warnings}
+                         "pending_bytes": j.pending_bytes,
+                         "uploads": [{"path": path, "size_bytes": size} for path, size in j.uploads],
+                         "errors": j.errors, "warnings": j.warnings}
                         for j in report.journals],
         }, indent=2))
         return
@@ -131,7 +138,11 @@ def _print_summary(report: PassReport, *, journals: int, uri: str, as_json: bool
     if quiet and report.ok:
         return
     verb = "would ingest" if dry_run else "ingested"
+    uploads = ""
+    if report.uploads:
+        uploads = (f", {report.uploads} artifact files ({human_bytes(report.upload_bytes)}) "
+                   f"{'to upload' if dry_run else 'uploaded'}")
     click.echo(f"{verb} {report.records} records from {journals} journals into {uri} ({sink_kind} sink): "
                f"{report.runs_created} runs {'to create' if dry_run else 'created'}, {report.runs_updated} "
-               f"updated, {len(report.failed)} with "
+               f"updated{uploads}, {len(report.failed)} with "
                f"errors, {len(pending)} pending; {report.elapsed:.2f} s, {rate:,.0f} records/s")

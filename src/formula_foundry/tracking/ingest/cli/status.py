@@ -7,8 +7,9 @@ MLflow installed): a journal's progress is its checkpoint row (from
 Per journal: the run (producer id and MLflow id), the experiment (from the
 header; an attached segment takes its owner's), records in the journal
 (complete lines), records ingested, the lag (complete lines and bytes beyond
-the checkpoint), the time since the last append, the state and the last
-error. States, first match wins:
+the checkpoint), the artifact backlog (``artifact`` records beyond the
+checkpoint: files and bytes still to upload), the time since the last append,
+the state and the last error. States, first match wins:
 
 ===========  ===================================================================
 ``error``    the last ingest stopped at a problem (corrupt line, rejected batch,
@@ -33,10 +34,12 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
 from formula_foundry.tracking.config import Config
+from formula_foundry.errors import JournalError
 from formula_foundry.tracking.framing import FrameError, unframe
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
 from formula_foundry.tracking.ingest.continuity import mismatch
@@ -44,13 +47,15 @@ from formula_foundry.tracking.ingest.discover import discover, journal_id_of
 from formula_foundry.tracking.ingest.stores.connect import open_checkpoints, state_dir
 from formula_foundry.tracking.ingest.stores.lock import LOCK_FILE
 from formula_foundry.tracking.ingest.uri import redact
+from formula_foundry.tracking.journal import open_journal
 from formula_foundry.tracking.ingest import watch
 from formula_foundry.tracking.ingest.sink import Checkpoint
 
-__all__ = ["JournalStatus", "StatusReport", "collect", "status_command"]
+__all__ = ["JournalStatus", "Lag", "StatusReport", "collect", "scan_lag", "status_command"]
 
 STATES = ("error", "missing", "finished", "waiting", "pending", "stale", "running")
 _CHUNK = 1 << 20
+_ARTIFACT = b'"type":"artifact"'  # how the producer's framing spells an artifact record's type (never artifact_ref)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class JournalStatus:
     ingested: int  # records ingested (the checkpoint's count)
     lag_records: int  # complete lines beyond the checkpoint
     lag_bytes: int  # bytes beyond the checkpoint (an incomplete last line included)
+    artifacts_pending: int  # artifact records beyond the checkpoint: files still to upload
+    artifact_bytes_pending: int  # ... and their bytes
     state: str
     last_error: str | None
     last_append_ms: int | None  # file mtime
@@ -93,6 +100,8 @@ class StatusReport:
                 "stale_after_seconds": self.stale_after_seconds, "counts": self.counts(),
                 "lag_records": sum(j.lag_records for j in self.journals),
                 "lag_bytes": sum(j.lag_bytes for j in self.journals),
+                "artifacts_pending": sum(j.artifacts_pending for j in self.journals),
+                "artifact_bytes_pending": sum(j.artifact_bytes_pending for j in self.journals),
                 "journals": [asdict(j) for j in self.journals]}
 
 
@@ -101,8 +110,10 @@ class StatusReport:
 def _header(path: Path) -> tuple[dict | None, str | None]:
     """The verified first record (or None while incomplete), and an error message if it is bad."""
     try:
-        with open(path, "rb") as fh:
+        with open_journal(path) as fh:
             line = fh.readline()
+    except JournalError as exc:
+        return None, str(exc)
     except OSError as exc:
         return None, f"{path}: cannot read: {exc.strerror or exc}"
     if not line.endswith(b"\n"):
@@ -116,15 +127,44 @@ def _header(path: Path) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def _tail(path: Path, offset: int) -> tuple[int, int]:
-    """(complete lines, bytes) from ``offset`` to the end of the file."""
-    lines = size = 0
-    with open(path, "rb") as fh:
+class Lag(NamedTuple):
+    """What lies beyond a journal's checkpoint."""
+
+    records: int = 0  # complete lines
+    bytes: int = 0  # bytes, an incomplete last line included
+    artifacts: int = 0  # complete, verified ``artifact`` records: files to upload
+    artifact_bytes: int = 0  # their ``size_bytes``
+
+
+def scan_lag(path: Path, offset: int) -> Lag:
+    """The :class:`Lag` of ``path`` from ``offset`` on, read 1 MiB at a time.
+
+    Cheap: lines are counted, and only those that contain ``"type":"artifact"`` are
+    decoded (checksum verified; a corrupt one is not counted).
+    """
+    lines = size = artifacts = artifact_bytes = 0
+    carry = b""  # the incomplete line at the end of the previous chunk
+    with open_journal(path) as fh:
         fh.seek(offset)
         while chunk := fh.read(_CHUNK):
             lines += chunk.count(b"\n")
             size += len(chunk)
-    return lines, size
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            start = data.find(_ARTIFACT, 0, cut)
+            while start != -1:
+                first = data.rfind(b"\n", 0, start) + 1
+                end = data.index(b"\n", start)
+                try:
+                    record = unframe(data[first:end])
+                except FrameError:
+                    record = {}
+                if record.get("type") == "artifact" and type(record.get("size_bytes")) is int:
+                    artifacts += 1
+                    artifact_bytes += record["size_bytes"]
+                start = data.find(_ARTIFACT, end, cut)
+    return Lag(lines, size, artifacts, artifact_bytes)
 
 
 def daemon_pid(folder: Path) -> int | None:
@@ -196,26 +236,26 @@ def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None =
             cp = next((c for c in rows if c.path == str(path)), None)
         if not path.exists():
             out.append(_row(path, cp, None, None, state="missing", records=cp.position.line - 1 if cp else 0,
-                            lag=(0, 0), mtime=None, now=now, owners=owners))
+                            lag=Lag(), mtime=None, now=now, owners=owners))
             continue
         header, header_error = headers.get(path, (None, None))
         try:
             size, mtime = path.stat().st_size, path.stat().st_mtime
             drift = mismatch(path, size, (header or {}).get("run_id"), (header or {}).get("journal_id"), cp)
-            lag = _tail(path, cp.position.offset if cp and not drift else 0)
+            lag = scan_lag(path, cp.position.offset if cp and not drift else 0)
         except OSError:
-            out.append(_row(path, cp, header, None, state="missing", records=0, lag=(0, 0), mtime=None,
+            out.append(_row(path, cp, header, None, state="missing", records=0, lag=Lag(), mtime=None,
                             now=now, owners=owners))
             continue
-        records = (cp.position.line - 1 if cp and not drift else 0) + lag[0]
+        records = (cp.position.line - 1 if cp and not drift else 0) + lag.records
         error = (drift.message if drift else None) or (cp.last_error if cp else None) or header_error
         if error:
             state = "error"
         elif cp is not None and cp.ended:
             state = "finished"
-        elif header is not None and lag[0] and not (cp and cp.mlflow_run_id) and _waits(header, ingested_runs):
+        elif header is not None and lag.records and not (cp and cp.mlflow_run_id) and _waits(header, ingested_runs):
             state = "waiting"
-        elif lag[0] or header is None:
+        elif lag.records or header is None:
             state = "pending"
         elif after > 0 and now - mtime >= after and watch.producer_alive(header) is not True:
             state = "stale"
@@ -235,14 +275,15 @@ def _waits(header: dict, ingested_runs: set[str]) -> bool:
 
 
 def _row(path: Path, cp: Checkpoint | None, header: dict | None, error: str | None, *, state: str, records: int,
-         lag: tuple[int, int], mtime: float | None, now: float, owners: dict[str, dict]) -> JournalStatus:
+         lag: Lag, mtime: float | None, now: float, owners: dict[str, dict]) -> JournalStatus:
     run_id = (header or {}).get("run_id") or (cp.run_id if cp else None)
     owner = header if header and header["type"] == "run_start" else owners.get(run_id or "")
     return JournalStatus(
         path=str(path), journal_id=(header or {}).get("journal_id") or (cp.journal_id if cp else journal_id_of(path)),
         kind=header["type"] if header else None, run_id=run_id, mlflow_run_id=cp.mlflow_run_id if cp else None,
         experiment=(owner or {}).get("experiment"), run_name=(owner or {}).get("run_name"), records=records,
-        ingested=cp.records if cp else 0, lag_records=lag[0], lag_bytes=lag[1], state=state,
+        ingested=cp.records if cp else 0, lag_records=lag.records, lag_bytes=lag.bytes,
+        artifacts_pending=lag.artifacts, artifact_bytes_pending=lag.artifact_bytes, state=state,
         last_error=error if state in ("error",) else (cp.last_error if cp else None),
         last_append_ms=int(mtime * 1000) if mtime is not None else None,
         idle_s=round(now - mtime, 1) if mtime is not None else None,
@@ -263,7 +304,8 @@ def _age(seconds: float | None) -> str:
 
 def render_table(report: StatusReport, *, root: Path | None = None) -> str:
     """The human view: one line per journal, errors under their journal, a summary at the end."""
-    head = ("STATE", "RUN", "MLFLOW RUN", "EXPERIMENT", "RECORDS", "INGESTED", "LAG", "IDLE", "JOURNAL")
+    head = ("STATE", "RUN", "MLFLOW RUN", "EXPERIMENT", "RECORDS", "INGESTED", "LAG", "UPLOADS", "IDLE",
+            "JOURNAL")
     rows = []
     for j in sorted(report.journals, key=lambda j: (STATES.index(j.state), j.path)):
         path = j.path
@@ -273,8 +315,9 @@ def render_table(report: StatusReport, *, root: Path | None = None) -> str:
             except ValueError:
                 pass
         lag = "0" if not j.lag_bytes else f"{j.lag_records} ({human_bytes(j.lag_bytes)})"
+        uploads = f"{j.artifacts_pending} ({human_bytes(j.artifact_bytes_pending)})" if j.artifacts_pending else "0"
         rows.append(((j.state, (j.run_id or "-")[:12], (j.mlflow_run_id or "-")[:12], (j.experiment or "-")[:28],
-                      str(j.records), str(j.ingested), lag, _age(j.idle_s), path), j.last_error))
+                      str(j.records), str(j.ingested), lag, uploads, _age(j.idle_s), path), j.last_error))
     widths = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(head)]
     right = {4, 5}
 
@@ -291,8 +334,13 @@ def render_table(report: StatusReport, *, root: Path | None = None) -> str:
     summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no journals"
     daemon = f"running (pid {report.daemon_pid})" if report.daemon_pid else "not running"
     lines.append("")
+    files = sum(j.artifacts_pending for j in report.journals)
+    uploads = ""
+    if files:
+        pending = sum(j.artifact_bytes_pending for j in report.journals)
+        uploads = f", {files} artifact files ({human_bytes(pending)}) to upload"
     lines.append(f"{len(report.journals)} journals: {summary}; lag {sum(j.lag_records for j in report.journals)} "
-                 f"records")
+                 f"records{uploads}")
     lines.append(f"store: {report.store}; daemon: {daemon}; checkpoints: {report.checkpoints}")
     return "\n".join(lines)
 

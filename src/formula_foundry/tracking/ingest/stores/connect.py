@@ -29,7 +29,7 @@ from formula_foundry.tracking.ingest.stores.engine import make_engine, reading
 from formula_foundry.tracking.ingest.stores.lock import StoreLock
 from formula_foundry.tracking.ingest.uri import is_http, redact, scheme, store_key
 
-__all__ = ["open_bulk_sink", "open_checkpoints", "open_sink", "read_checkpoints", "state_dir", "store_lock"]
+__all__ = ["blob_roots", "open_bulk_sink", "open_checkpoints", "open_sink", "read_checkpoints", "state_dir", "store_lock"]
 
 log = logging.getLogger("formula_foundry.ingest")
 BULK_BACKENDS = ("sqlite", "postgresql")
@@ -62,7 +62,13 @@ def open_sink(config: Config, *, tracking_uri: str | None = None, sink: str | No
             return opened
     api = MlflowApi(uri, artifact_root_uri=config.tracking.artifact_root_uri,
                     sqlite_busy_timeout=config.ingest.sqlite_busy_timeout_seconds)
-    return MlflowSink(api, open_checkpoint_file(folder))
+    return MlflowSink(api, open_checkpoint_file(folder), blob_roots=blob_roots(config))
+
+
+def blob_roots(config: Config) -> tuple[Path, ...]:
+    """Where uploads look for a blob that is not in the store its record names (a project that moved):
+    the configured content-addressed store, ``journal.artifact_store``."""
+    return (config.journal.artifact_store,)
 
 
 def open_bulk_sink(config: Config, uri: str, state_folder: Path, forced: bool) -> Sink | None:
@@ -114,7 +120,8 @@ def open_bulk_sink(config: Config, uri: str, state_folder: Path, forced: bool) -
             decline(problem)
             return None
         fallback = open_checkpoint_file(state_folder) if (state_folder / "checkpoints.sqlite").is_file() else None
-        return BulkSink(uri, engine=engine, api=api or mlflow_api(), fallback=fallback)
+        return BulkSink(uri, engine=engine, api=api or mlflow_api(), fallback=fallback,
+                        blob_roots=blob_roots(config))
     except BaseException:
         engine.dispose()
         raise

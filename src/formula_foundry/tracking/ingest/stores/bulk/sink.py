@@ -1,9 +1,12 @@
 """The bulk sink: replay into an MLflow SQL store (SQLite, PostgreSQL) with set-based inserts.
 
 What goes where
-    * Experiments, runs (ids, names, defaults, artifact locations) and artifact
-      files go through MLflow's client API (an inner :class:`~.mlflow_sink.MlflowSink`),
-      so MLflow owns every id and default.
+    * Runs are inserted with the journal's own run id (``create_run``, with the
+      defaults of MLflow's ``SqlAlchemyStore.create_run``), so producer run ids
+      (``run.run_id``, ``mlflow.start_run()`` through ``ff-journal:``) survive.
+    * Experiments, a run whose id the store already holds (MLflow picks one), dataset
+      inputs, artifact files and uploads (``artifact`` records) go through MLflow's
+      client API (an inner :class:`~.mlflow_sink.MlflowSink`), so MLflow owns those ids and defaults.
     * Metrics, latest metrics, params, tags and the run's end (status, end time)
       are written with SQL built from MLflow's own SQLAlchemy models
       (``SqlMetric``, ``SqlLatestMetric``, ``SqlParam``, ``SqlTag``, ``SqlRun`` in
@@ -29,6 +32,8 @@ Exactly once, decided here and nowhere else (the same outcome as MLflow's
 * tags: upsert (last value wins, as ``_set_tags``); ``mlflow.runName`` also
   renames the run, as ``set_tag`` does.
 * run end: ``status`` and ``end_time`` on the run row (lifecycle untouched).
+* tag deletions (``tag_delete``): ``DELETE`` of the (key, run) rows; a missing tag is a no-op.
+* dataset inputs (``inputs``): MLflow's ``log_inputs``, which keeps a (dataset, run) input once.
 * a run that is deleted (or missing) refuses data, as MLflow's
   ``_check_run_is_active`` does.
 
@@ -74,6 +79,8 @@ import operator
 import os
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import sqlalchemy as sa  # comes with mlflow, as does everything this module imports lazily
 
@@ -109,7 +116,7 @@ class BulkSink(Sink):
     absorbs_repeated_metrics = True  # INSERT ... ON CONFLICT DO NOTHING
 
     def __init__(self, uri: str, *, engine: sa.Engine, api: MlflowApi, fallback: CheckpointStore | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, blob_roots: Sequence[Path] = ()) -> None:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -120,6 +127,7 @@ class BulkSink(Sink):
         self.display_uri = redact(uri)
         self.engine = engine
         self.api = api  # MlflowSink: experiments, runs, artifacts
+        self.blob_roots = tuple(blob_roots)  # where uploads look for a blob the record's store lacks
         self.limits = limits or Limits()  # what a full batch looks like (see _group_done)
         self.dialect = engine.dialect.name
         insert = self._dialect_insert = dialect_insert(self.dialect)
@@ -127,6 +135,7 @@ class BulkSink(Sink):
         self._metrics = SqlMetric.__table__
         self._latest_table = SqlLatestMetric.__table__
         self._params = SqlParam.__table__
+        self._tags = SqlTag.__table__
 
         # metrics: MLflow's primary key absorbs repeats. Rows are tuples in this order; the
         # statement's column list comes from the model (model_problem() checked they match).
@@ -249,10 +258,50 @@ class BulkSink(Sink):
 
     def create_run(self, *, experiment_id: str, run_id: str, run_name: str | None, start_time: int,
                    tags: dict[str, str]) -> RunInfo:
+        """Create the MLflow run **with the journal's run id** (32 hex: MLflow's own format), so that the
+        id the producer handed out (``run.run_id``, ``mlflow.start_run()`` through ``ff-journal:``)
+        names the MLflow run too. Falls back to MLflow's API (which picks an id) when the store
+        already holds that id, or the experiment is not one this can insert into."""
         with self._lock:
             self.flush()
+            info = self._insert_run(experiment_id, run_id, run_name, start_time, tags)
+            if info is not None:
+                return info
             return self.api.create_run(experiment_id=experiment_id, run_id=run_id, run_name=run_name,
                                        start_time=start_time, tags=tags)
+
+    def _insert_run(self, experiment_id: str, run_id: str, run_name: str | None, start_time: int,
+                    tags: dict[str, str]) -> RunInfo | None:
+        """MLflow's ``SqlAlchemyStore.create_run`` with our id: the run row with its defaults and its tags
+        (``ff.run_id`` among them, so ``find_run`` recovers it after a crash) in one transaction."""
+        from mlflow.entities import LifecycleStage, RunStatus, SourceType
+        from mlflow.store.tracking.dbmodels.models import SqlExperiment
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+        from mlflow.utils.name_utils import _generate_random_name
+        from mlflow.utils.uri import append_to_uri_path
+
+        if not experiment_id.isdigit() or len(run_id) != 32:
+            return None
+        e, r = SqlExperiment.__table__, self._runs
+        tags = dict(tags)
+        name = run_name or tags.get(MLFLOW_RUN_NAME) or _generate_random_name()
+        tags.setdefault(MLFLOW_RUN_NAME, name)
+        with store_errors(f"create run {run_id}", self.uri), self.engine.begin() as conn:
+            experiment = conn.execute(sa.select(e.c.artifact_location, e.c.lifecycle_stage)
+                                      .where(e.c.experiment_id == int(experiment_id))).first()
+            if experiment is None or experiment.lifecycle_stage != LifecycleStage.ACTIVE:
+                return None  # MLflow's API says why
+            if conn.execute(sa.select(r.c.run_uuid).where(r.c.run_uuid == run_id)).first() is not None:
+                return None  # that id is another run's here: MLflow picks a new one (ff.run_id links)
+            conn.execute(sa.insert(r).values(
+                run_uuid=run_id, name=name, experiment_id=int(experiment_id),
+                artifact_uri=append_to_uri_path(experiment.artifact_location, run_id, "artifacts"),
+                source_type=SourceType.to_string(SourceType.UNKNOWN), source_name="", entry_point_name="",
+                user_id=tags.get(MLFLOW_USER, "unknown"), status=RunStatus.to_string(RunStatus.RUNNING),
+                start_time=start_time, end_time=None, deleted_time=None, source_version="",
+                lifecycle_stage=LifecycleStage.ACTIVE))
+            conn.execute(sa.insert(self._tags), [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()])
+        return RunInfo(run_id, experiment_id)
 
     # -- Sink: the SQL side ---------------------------------------------------------
 
@@ -282,13 +331,22 @@ class BulkSink(Sink):
     def commit(self, mlflow_run_id: str, batch: Batch, checkpoint: Checkpoint) -> None:
         """Apply ``batch`` and its ``checkpoint`` in the open group's transaction (see the module doc)."""
         with self._lock:
-            if batch.artifacts:
+            if batch.uploads or batch.artifacts or batch.console:
                 # Files first, through MLflow (which reads the run: no write lock of ours may be open).
                 self.flush()
+            if batch.uploads:
+                self.api.upload_files(mlflow_run_id, batch.uploads, blob_roots=self.blob_roots)
+            if batch.artifacts:
                 self.api.write_artifacts(mlflow_run_id, batch.artifacts)
+            if batch.inputs:  # datasets through MLflow's log_inputs (it keeps a dataset input once)
+                self.flush()
+                self.api.log_inputs(mlflow_run_id, batch.inputs)
+            if batch.console:  # logs/console.txt rewritten whole, up to this batch's end
+                self.api.write_console(mlflow_run_id, checkpoint)
             try:
                 conn = self._open(checkpoint.journal_id, mlflow_run_id)
-                if not self._group_checked and (batch.metrics or batch.params or batch.tags or batch.end):
+                if not self._group_checked and (batch.metrics or batch.params or batch.tags or batch.deleted_tags
+                                                  or batch.end):
                     self._check_active(conn, mlflow_run_id)  # as log_batch / set_terminated check
                     self._group_checked = True
                 if batch.params:
@@ -296,6 +354,9 @@ class BulkSink(Sink):
                                                       for k, v in batch.params.items()])
                 if batch.metrics:
                     self._write_metrics(conn, mlflow_run_id, batch.metrics)
+                if batch.deleted_tags:  # a key is never both deleted and set in one batch (plan.py)
+                    t = self._tags
+                    conn.execute(sa.delete(t).where(t.c.run_uuid == mlflow_run_id, t.c.key.in_(batch.deleted_tags)))
                 if batch.tags:
                     conn.execute(self._tag_upsert, [{"key": k, "value": v, "run_uuid": mlflow_run_id}
                                                     for k, v in batch.tags.items()])

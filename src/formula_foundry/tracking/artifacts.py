@@ -1,0 +1,769 @@
+"""Real artifacts on the producer side: MLflow's ``log_artifact`` family, snapshotted at the call.
+
+Each call (1) validates the artifact path as MLflow does, (2) turns the content into the
+exact bytes MLflow 3.17 would have written for the same call, (3) streams them into the
+content-addressed substrate store (:class:`~formula_foundry.substrate.ArtifactStore`:
+temp file in ``tmp/``, fsync, rename; deduplicated) and only then (4) appends one
+``artifact`` record per file to the run's journal (format version 1)::
+
+    {"v": 1, "seq": N, "ts": MS, "type": "artifact",
+     "path": "plots/s21.png",        # the file's path in the run's artifact root: posix, relative,
+                                     #   normalised, no '..', as MLflow would place it
+     "digest": "<64 hex>",           # sha256 of the content
+     "size_bytes": 12345,
+     "store_uri": "file:///abs/project/data/artifacts",   # the store root holding the blob
+     "media_type": "image/png"}      # or null
+
+``ff-ingest`` uploads the blob to ``path`` in the run's MLflow artifact location.
+
+Guarantees
+    * A record never names a missing or partial blob: the blob is durable (fsynced and
+      renamed) before the record is written. A process killed during the copy leaves no
+      record and at most a ``tmp/*.part`` file, never a partial blob.
+    * A snapshot: the source changed or deleted after the call does not change the run.
+      Same file system: a reflink (``FICLONE``) where the file system has them, else an
+      in-kernel ``copy_file_range`` with the copy hashed by a second thread trailing the
+      writer; the digest is always computed from the stored copy's own bytes. Never a hard
+      link (the source could change under it). Memory stays flat (1 MiB buffers).
+    * A refused call (bad path, unsupported object) raises before anything is stored or
+      written: the journal is unchanged.
+
+The producer never imports MLflow. numpy, PIL, matplotlib and plotly are imported only
+when the caller hands over such an object (recognised by its type's module);
+``log_table`` imports pandas, which writes MLflow's table format.
+
+Path rules (``ValidationError.rule == "artifact-path"``), the union of what MLflow 3.17
+refuses on any artifact repository, so an accepted path uploads anywhere:
+
+* ``artifact_path`` (a folder) must be normalised (``verify_artifact_path``: no ``a//b``,
+  ``./a``, ``a/``, ``..``, no leading ``/``); ``artifact_file`` is normalised as MLflow's
+  ``_log_artifact_helper`` does (``posixpath.normpath``), but may not name a folder (``x/``).
+* The whole path, percent-decoded as the tracking server decodes it
+  (``validate_path_is_safe``), has no ``..`` component, is not absolute (posix or
+  Windows, no drive letter, no ``file:`` URI), and has no ``#`` and no backslash.
+* No control characters (the server would store them escaped, under another name); the
+  recorded path is normalised (no empty or ``.`` segment, decoded or not), does not start
+  with ``~``, and no segment is longer than 240 bytes (the ingester's record check); a file
+  name may not start with ``.artifact.uploading.`` (the local artifact repository's
+  staging names).
+* ``log_table``: none of ``" ' , : [ ] { }`` and a ``.json`` or ``.parquet`` name, as MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import posixpath
+import re
+import stat
+import sys
+import threading
+import urllib.parse
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from formula_foundry.errors import ArtifactNotFoundError, SubstrateError, ValidationError
+from formula_foundry.substrate import ArtifactEntry, ArtifactStore
+
+__all__ = [
+    "ARTIFACT_RECORD",
+    "TAG_LOGGED_ARTIFACTS",
+    "ArtifactLog",
+    "artifact_file_path",
+    "artifact_folder",
+    "dict_bytes",
+    "media_type",
+    "snapshot_file",
+    "store_written",
+    "text_bytes",
+]
+
+ARTIFACT_RECORD = "artifact"
+TAG_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's tag listing the run's tables
+
+_CHUNK = 1 << 20  # read/hash buffer
+_COPY_CHUNK = 8 << 20  # one copy_file_range call
+_KICK_BYTES = 32 << 20  # start writeback of the stored copy every this many hashed bytes
+_THREADED_MIN = 4 << 20  # below this a file is copied and hashed in one thread
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_SEGMENT_MAX = 240  # bytes per path segment: the ingester's limit (a name of 255 with ".json" added)
+_DRIVE = re.compile(r"[A-Za-z]:")
+_UPLOADING_PREFIX = ".artifact.uploading."  # mlflow/store/artifact/local_artifact_repo.py
+_TABLE_FORBIDDEN = ('"', "'", ",", ":", "[", "]", "{", "}")  # MlflowClient._check_artifact_file_string
+_PLOTLY_IMAGE_EXTENSIONS = (".png", ".jpeg", ".webp", ".svg", ".pdf")
+_COMPRESSED_IMAGE_SIZE = 256  # mlflow/tracking/multimedia.py
+_CAN_FADVISE = hasattr(os, "posix_fadvise")
+# Errors after which a fast path (reflink, copy_file_range) is not possible here and a plain
+# read/write copy is: the file systems or the kernel do not support it.
+_NOT_SUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
+                            errno.ENOTTY, errno.EBADF, errno.EPERM, errno.ETXTBSY, errno.EIO})
+
+_MEDIA_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".svg": "image/svg+xml", ".bmp": "image/bmp", ".tif": "image/tiff",
+    ".tiff": "image/tiff", ".pdf": "application/pdf", ".html": "text/html", ".htm": "text/html",
+    ".json": "application/json", ".yaml": "application/yaml", ".yml": "application/yaml",
+    ".txt": "text/plain", ".log": "text/plain", ".md": "text/markdown", ".csv": "text/csv",
+    ".tsv": "text/tab-separated-values", ".xml": "application/xml",
+    ".parquet": "application/vnd.apache.parquet", ".ipynb": "application/x-ipynb+json",
+    ".zip": "application/zip", ".gz": "application/gzip", ".npy": "application/octet-stream",
+}
+
+
+def media_type(path: str) -> str | None:
+    """The media type of an artifact path from its extension (a fixed table: the same on every machine)."""
+    return _MEDIA_TYPES.get(posixpath.splitext(path)[1].lower())
+
+
+# --------------------------------------------------------------------------- path validation
+
+def _refuse(key: str, value: object, why: str) -> ValidationError:
+    return ValidationError(f"{key} {value!r}: {why}", key=key, rule="artifact-path")
+
+
+def _mlflow_decode(path: str) -> str:
+    """``mlflow.utils.uri._decode``: percent-decode until stable, as the tracking server does."""
+    for _ in range(10):
+        decoded = urllib.parse.unquote(path)
+        parsed = urllib.parse.urlunparse(urllib.parse.urlparse(decoded))
+        if parsed == path:
+            return path
+        path = parsed
+    return path
+
+
+def _check_safe(path: str, key: str, shown: object, *, final: bool = True) -> None:
+    """The rules every artifact repository (and the ingester's record check) applies to a path.
+
+    ``final``: ``path`` is what the record will carry, so it must also be normalised (no empty,
+    ``.`` segment, decoded or not), its first segment must not start with ``~`` and no segment
+    may be longer than the ingester's limit.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _refuse(key, shown, "is not valid Unicode text (lone surrogate)") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise _refuse(key, shown, "contains a control character; MLflow's server would store it escaped")
+    try:
+        decoded = _mlflow_decode(path)
+    except ValueError:
+        raise _refuse(key, shown, "is not a valid URL path") from None
+    if "#" in decoded:
+        raise _refuse(key, shown, "contains '#', which MLflow refuses in artifact paths")
+    if "\\" in decoded:
+        raise _refuse(key, shown, "contains a backslash; artifact paths use '/' (MLflow refuses other separators)")
+    if decoded.lower().startswith("file:"):
+        raise _refuse(key, shown, "is a file: URI, not a path relative to the run's artifact root")
+    if PurePosixPath(decoded).is_absolute() or PureWindowsPath(decoded).is_absolute() \
+            or _DRIVE.match(decoded):
+        raise _refuse(key, shown, "is absolute; artifact paths are relative to the run's artifact root")
+    if ".." in decoded.split("/"):
+        raise _refuse(key, shown, "contains '..'; nothing may be written outside the run's artifact root")
+    if not final:
+        return
+    for candidate in (path, decoded):
+        parts = candidate.split("/")
+        if any(part in ("", ".") for part in parts):
+            raise _refuse(key, shown, "is not a normalised path (an empty or '.' segment)")
+        if parts[0].startswith("~"):
+            raise _refuse(key, shown, "starts with '~' (a home folder to some tools)")
+        if any(len(part.encode("utf-8")) > _SEGMENT_MAX for part in parts):
+            raise _refuse(key, shown, f"has a path segment longer than {_SEGMENT_MAX} bytes")
+
+
+def artifact_folder(artifact_path: object, *, key: str = "artifact_path") -> str | None:
+    """Validate ``artifact_path`` (a folder in the run's artifacts, or None/'' for the root).
+
+    MLflow's ``verify_artifact_path``: the folder must be normalised (not change as a path).
+    """
+    if artifact_path is None:
+        return None
+    if isinstance(artifact_path, os.PathLike):
+        artifact_path = os.fspath(artifact_path)
+    if not isinstance(artifact_path, str):
+        raise _refuse(key, artifact_path, f"must be a string, not {type(artifact_path).__name__}")
+    if artifact_path == "":
+        return None
+    _check_safe(artifact_path, key, artifact_path, final=False)
+    norm = posixpath.normpath(artifact_path)
+    if norm != artifact_path or norm == "." or norm.startswith(("..", "/")):
+        raise _refuse(key, artifact_path, f"must not resolve to another name as a path (it resolves to {norm!r})")
+    _check_safe(artifact_path, key, artifact_path)
+    return artifact_path
+
+
+def _join(folder: str | None, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+def _check_name(name: str, key: str, shown: object) -> None:
+    if name.startswith(_UPLOADING_PREFIX):
+        raise _refuse(key, shown, f"file names starting with {_UPLOADING_PREFIX!r} are reserved by MLflow")
+
+
+def artifact_file_path(artifact_file: object, *, key: str = "artifact_file") -> str:
+    """Validate ``artifact_file`` (a file path in the run's artifacts) and return it normalised.
+
+    As MLflow's ``_log_artifact_helper``: ``posixpath.normpath``, then folder + file name.
+    """
+    if isinstance(artifact_file, os.PathLike):
+        artifact_file = os.fspath(artifact_file)
+    if not isinstance(artifact_file, str):
+        raise _refuse(key, artifact_file, f"must be a string, not {type(artifact_file).__name__}")
+    if not artifact_file.strip("/") or artifact_file.endswith("/"):
+        raise _refuse(key, artifact_file, "must name a file")
+    _check_safe(artifact_file, key, artifact_file, final=False)
+    norm = posixpath.normpath(artifact_file)
+    name = posixpath.basename(norm)
+    if name in ("", ".", ".."):
+        raise _refuse(key, artifact_file, "must name a file")
+    _check_name(name, key, artifact_file)
+    _check_safe(norm, key, artifact_file)
+    return norm
+
+
+# --------------------------------------------------------------------------- snapshots into the store
+
+def snapshot_file(store: ArtifactStore, source: Path | str, *, logical_path: str) -> ArtifactEntry:
+    """Copy a regular file into ``store`` as one durable blob, hashing the copy; never a hard link.
+
+    A reflink where the file system can, else an in-kernel copy hashed by a second thread that
+    trails the writer, else a plain streamed copy. The digest is that of the stored bytes.
+    """
+    src = Path(source)
+    try:
+        info = os.stat(src)
+    except FileNotFoundError as exc:
+        raise ArtifactNotFoundError(f"{src}: artifact source file not found") from exc
+    except OSError as exc:
+        raise SubstrateError(f"{src}: cannot read artifact source: {exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ValidationError(f"local_path {str(src)!r}: not a regular file (a FIFO, device or socket "
+                              "cannot be snapshotted)", key="local_path", rule="artifact-source")
+    try:
+        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ArtifactNotFoundError(f"{src}: artifact source file not found") from exc
+    except OSError as exc:
+        raise SubstrateError(f"{src}: cannot read artifact source: {exc}") from exc
+    try:
+        tmp_fd, tmp = _new_temp(store)
+        try:
+            digest, size = _fill(src_fd, tmp_fd, info.st_size)
+            os.fsync(tmp_fd)
+        except BaseException:
+            os.close(tmp_fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        os.close(tmp_fd)
+    finally:
+        os.close(src_fd)
+    return store.publish(tmp, digest=digest, size_bytes=size, logical_path=logical_path)
+
+
+def store_written(store: ArtifactStore, filename: str, write: Callable[[str], None], *,
+                  logical_path: str) -> ArtifactEntry:
+    """Let ``write(path)`` create ``filename`` in a private folder of the store's ``tmp/``, then
+    publish that file as a blob (no second copy). How MLflow's ``_log_artifact_helper`` writes a
+    figure, image or table: through the library's own ``save`` to a file of that name.
+    """
+    import shutil  # deferred: keeps `import formula_foundry.tracking` cheap
+    import tempfile
+
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="stage-", suffix=".part"))
+    try:
+        target = stage / filename
+        write(str(target))
+        if not target.is_file():
+            made = sorted(p.name for p in stage.iterdir())
+            raise ValidationError(f"artifact_file {logical_path!r}: saving wrote no file named {filename!r} "
+                                  f"(it wrote {made}); give the file an extension its writer knows, or name "
+                                  "the format in save_kwargs", key="artifact_file", rule="artifact-path")
+        fd = os.open(target, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            digest, size = _hash_fd(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return store.publish(target, digest=digest, size_bytes=size, logical_path=logical_path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _new_temp(store: ArtifactStore) -> tuple[int, Path]:
+    """A new, exclusive temp file in the store's ``tmp/`` (same naming as the store's own writes)."""
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    path = store.tmp_dir / f"blob-{uuid.uuid4().hex}.part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return fd, path
+
+
+def _fill(src_fd: int, dst_fd: int, expected: int) -> tuple[str, int]:
+    """Copy ``src_fd`` into the empty ``dst_fd``; returns (sha256 hex, size) of what ``dst_fd`` holds."""
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno not in _NOT_SUPPORTED:
+            raise
+    else:
+        return _hash_fd(dst_fd)  # the clone is ours alone: hash it, not the source
+    if expected >= _THREADED_MIN:
+        done = _copy_in_kernel(src_fd, dst_fd)
+        if done is not None:
+            return done
+        os.ftruncate(dst_fd, 0)
+        os.lseek(dst_fd, 0, os.SEEK_SET)
+        os.lseek(src_fd, 0, os.SEEK_SET)
+    return _copy_streamed(src_fd, dst_fd)
+
+
+def _hash_fd(fd: int) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while n := os.preadv(fd, [view], offset):
+        hasher.update(view[:n])
+        offset += n
+    return hasher.hexdigest(), offset
+
+
+def _copy_streamed(src_fd: int, dst_fd: int) -> tuple[str, int]:
+    """Read, hash and write 1 MiB at a time (what is hashed is exactly what is written)."""
+    hasher = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    size = 0
+    while n := os.readv(src_fd, [view]):
+        chunk = view[:n]
+        hasher.update(chunk)
+        while chunk:
+            chunk = chunk[os.write(dst_fd, chunk):]
+        size += n
+    return hasher.hexdigest(), size
+
+
+def _copy_in_kernel(src_fd: int, dst_fd: int) -> tuple[str, int] | None:
+    """``copy_file_range`` in this thread, sha256 of the copy in a trailing thread.
+
+    Returns None (nothing usable copied) when the kernel or file systems refuse the call
+    on its first use, or it copies nothing although the file has bytes (procfs-like files).
+    """
+    trail = _HashTrail(dst_fd)
+    copied = 0
+    try:
+        while True:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, _COPY_CHUNK)
+            except OSError as exc:
+                if copied == 0 and exc.errno in _NOT_SUPPORTED:
+                    trail.abort()
+                    return None
+                raise
+            if n == 0:
+                break
+            copied += n
+            trail.advance(copied)
+    except BaseException:
+        trail.abort()
+        raise
+    if copied == 0 and os.fstat(src_fd).st_size > 0:
+        trail.abort()
+        return None
+    return trail.finish(), copied
+
+
+class _HashTrail:
+    """Hashes a file while another writer extends it: the reader never passes the writer's offset.
+
+    Owns one thread; :meth:`finish` or :meth:`abort` always joins it. After every
+    ``_KICK_BYTES`` hashed, ``posix_fadvise(DONTNEED)`` starts writeback of that range (the
+    final fsync then has little left to do) and lets the page cache drop it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._hasher = hashlib.sha256()
+        self._limit = 0
+        self._final = False
+        self._stop = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="ff-artifact-hash", daemon=True)
+        self._thread.start()
+
+    def advance(self, limit: int) -> None:
+        with self._cond:
+            self._limit = limit
+            self._cond.notify()
+
+    def finish(self) -> str:
+        with self._cond:
+            self._final = True
+            self._cond.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._hasher.hexdigest()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._final = self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        offset = kicked = 0
+        try:
+            while True:
+                with self._cond:
+                    while self._limit <= offset and not self._final:
+                        self._cond.wait()
+                    limit, final, stop = self._limit, self._final, self._stop
+                if stop:
+                    return
+                while offset < limit:
+                    n = os.preadv(self._fd, [view[:min(_CHUNK, limit - offset)]], offset)
+                    if n == 0:
+                        raise OSError(errno.EIO, "stored copy is shorter than what was copied")
+                    self._hasher.update(view[:n])
+                    offset += n
+                    if _CAN_FADVISE and offset - kicked >= _KICK_BYTES:
+                        os.posix_fadvise(self._fd, kicked, offset - kicked, os.POSIX_FADV_DONTNEED)
+                        kicked = offset
+                if final and offset >= limit:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by finish()
+            self._error = exc
+
+
+# --------------------------------------------------------------------------- MLflow's serialisations
+
+def dict_bytes(dictionary: Any, artifact_file: str) -> bytes:
+    """``MlflowClient.log_dict``: YAML for a ``.yml``/``.yaml`` name, else JSON (``indent=2``,
+    ``default=str``); both are ASCII (escaped), so the bytes are the same in any locale."""
+    extension = os.path.splitext(artifact_file)[1]
+    if extension in (".yml", ".yaml"):
+        import yaml  # deferred: only log_dict to YAML needs it
+
+        refused: tuple[type[BaseException], ...] = (yaml.YAMLError, TypeError, ValueError, RecursionError)
+        try:
+            text = yaml.dump(dictionary, indent=2, default_flow_style=False)
+        except refused as exc:
+            raise ValidationError(f"log_dict {artifact_file!r}: cannot serialise the dictionary as YAML: {exc}",
+                                  key="dictionary", rule="value-type") from None
+    else:
+        try:
+            text = json.dumps(dictionary, indent=2, default=str)
+        except (TypeError, ValueError, RecursionError) as exc:  # non-string keys, a circular reference
+            raise ValidationError(f"log_dict {artifact_file!r}: cannot serialise the dictionary as JSON: {exc}",
+                                  key="dictionary", rule="value-type") from None
+    return text.encode("utf-8")
+
+
+def text_bytes(text: object, artifact_file: str) -> bytes:
+    """``MlflowClient.log_text``: the text, UTF-8."""
+    if not isinstance(text, str):
+        raise ValidationError(f"log_text {artifact_file!r}: text must be a str, not {type(text).__name__}",
+                              key="text", rule="value-type")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"log_text {artifact_file!r}: text is not valid Unicode (lone surrogate)",
+                              key="text", rule="value-type") from None
+
+
+def _top_module(obj: object) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+def _figure_writer(figure: Any, artifact_file: str, save_kwargs: Mapping[str, Any] | None) -> Callable[[str], None]:
+    """``MlflowClient.log_figure``: matplotlib ``savefig(path, **save_kwargs)``; plotly ``write_html``
+    (``include_plotlyjs="cdn"``, ``auto_open=False`` unless given) or ``write_image``."""
+    kwargs = dict(save_kwargs or {})
+    top = _top_module(figure)
+    if top == "matplotlib" and "matplotlib" in sys.modules:
+        import matplotlib.figure  # already imported by whoever made the figure
+
+        if isinstance(figure, matplotlib.figure.Figure):
+            return lambda path: figure.savefig(path, **kwargs)
+    if top == "plotly" and "plotly" in sys.modules:
+        import plotly.graph_objects  # already imported by whoever made the figure
+
+        if isinstance(figure, plotly.graph_objects.Figure):
+            extension = os.path.splitext(artifact_file)[1]
+            if extension == ".html":
+                kwargs.setdefault("include_plotlyjs", "cdn")
+                kwargs.setdefault("auto_open", False)
+                return lambda path: figure.write_html(path, **kwargs)
+            if extension in _PLOTLY_IMAGE_EXTENSIONS:
+                return lambda path: figure.write_image(path, **kwargs)
+            raise ValidationError(f"log_figure {artifact_file!r}: unsupported file extension for a plotly "
+                                  f"figure: {extension!r} (use .html or one of {', '.join(_PLOTLY_IMAGE_EXTENSIONS)})",
+                                  key="artifact_file", rule="artifact-type")
+    raise ValidationError(f"log_figure {artifact_file!r}: unsupported figure object type {type(figure)!r} "
+                          "(a matplotlib.figure.Figure or plotly.graph_objects.Figure)",
+                          key="figure", rule="artifact-type")
+
+
+def _to_pil(image: Any, artifact_file: str) -> Any:
+    """``MlflowClient.log_image``'s conversion: numpy array -> PIL image (``convert_to_pil_image``),
+    ``mlflow.Image`` -> ``to_pil()``, PIL image as is."""
+    top = _top_module(image)
+    if top == "numpy":
+        import numpy as np  # already imported by whoever made the array
+
+        if isinstance(image, np.ndarray):
+            return _numpy_to_pil(image, artifact_file)
+    elif top == "PIL":
+        import PIL.Image  # already imported by whoever made the image
+
+        if isinstance(image, PIL.Image.Image):
+            return image
+    elif top == "mlflow" and type(image).__name__ == "Image" and callable(getattr(image, "to_pil", None)):
+        return image.to_pil()  # mlflow.Image: the caller imported mlflow; we never do
+    raise ValidationError(f"log_image {artifact_file!r}: unsupported image object type {type(image)!r}; "
+                          "image must be one of numpy.ndarray, PIL.Image.Image and mlflow.Image",
+                          key="image", rule="artifact-type")
+
+
+def _numpy_to_pil(image: Any, artifact_file: str) -> Any:
+    """``mlflow.tracking.multimedia.convert_to_pil_image``, rule for rule."""
+    import numpy as np
+
+    from PIL import Image
+
+    def refuse(why: str) -> ValidationError:
+        return ValidationError(f"log_image {artifact_file!r}: {why}", key="image", rule="image-array")
+
+    kinds = {"b": "bool", "i": "signed integer", "u": "unsigned integer", "f": "floating"}
+    if image.dtype.kind not in kinds:
+        raise refuse(f"invalid array data type: '{image.dtype}'. Must be one of {list(kinds.values())}")
+    if image.ndim not in (2, 3):
+        raise refuse(f"`image` must be a 2D or 3D array but got image shape: {image.shape}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise refuse(f"invalid channel length: {image.shape[2]}. Must be one of [1, 3, 4]")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]  # Image.fromarray refuses a 3D grayscale image
+    is_int = np.issubdtype(image.dtype, np.integer)
+    high = 255 if is_int else 1
+    if image.min() < 0 or image.max() > high:
+        if is_int:
+            raise refuse("Integer pixel values out of acceptable range [0, 255]. "
+                         f"Found minimum value {image.min()} and maximum value {image.max()}. "
+                         "Ensure all pixel values are within the specified range.")
+        warnings.warn("Float pixel values out of acceptable range [0.0, 1.0]. "
+                      f"Found minimum value {image.min()} and maximum value {image.max()}. "
+                      "Rescaling values to [0.0, 1.0] with min/max scaler.", stacklevel=5)
+        image = (image - image.min()) / (image.max() - image.min())
+    if not is_int:  # float or bool
+        image = image * 255
+    return Image.fromarray(image.astype(np.uint8))
+
+
+def _compressed(image: Any) -> Any:
+    """``mlflow.tracking.multimedia.compress_image_size``: fit in 256 x 256, aspect kept."""
+    width, height = image.size
+    if width > height:
+        new_width = _COMPRESSED_IMAGE_SIZE
+        new_height = int(height * (new_width / width))
+    else:
+        new_height = _COMPRESSED_IMAGE_SIZE
+        new_width = int(width * (new_height / height))
+    return image.resize((new_width, new_height))
+
+
+def _is_image_object(obj: object) -> bool:
+    """MLflow's ``check_is_image_object`` for table cells."""
+    return (hasattr(obj, "save") and callable(obj.save) and hasattr(obj, "resize")
+            and callable(obj.resize) and hasattr(obj, "size"))
+
+
+# --------------------------------------------------------------------------- one run's artifact calls
+
+@dataclass(frozen=True)
+class _Stored:
+    path: str
+    entry: ArtifactEntry
+
+
+class ArtifactLog:
+    """The artifact calls of one run segment (MLflow 3.17's names, arguments and bytes).
+
+    ``append(type, fields)`` writes one journal record; ``set_tag(key, value)`` sets a
+    run tag (``log_table`` maintains ``mlflow.loggedArtifacts`` as MLflow does). Every
+    call validates first, stores every blob next, and appends its records last.
+    """
+
+    def __init__(self, store: ArtifactStore, append: Callable[[str, dict], object],
+                 set_tag: Callable[[str, str], None]) -> None:
+        self.store = store
+        self.store_uri = store.root.as_uri()
+        self._append = append
+        self._set_tag = set_tag
+        self._lock = threading.Lock()
+        self._tables: dict[str, ArtifactEntry] = {}  # tables this segment logged, for appending rows
+        self._logged_tables: list[dict[str, str]] = []  # the mlflow.loggedArtifacts value
+
+    # -- files ----------------------------------------------------------------------
+
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """``mlflow.log_artifact``: a file to ``artifact_path/<name>``; a folder to
+        ``artifact_path/<folder name>/...`` (as ``log_artifacts``)."""
+        folder = artifact_folder(artifact_path)
+        source = os.fspath(local_path)
+        if os.path.isdir(source):
+            dir_name = os.path.basename(os.path.normpath(source))
+            self.log_artifacts(source, _join(folder, dir_name))
+            return
+        name = os.path.basename(source)
+        path = _join(folder, name)
+        _check_name(name, "local_path", source)
+        _check_safe(path, "local_path", source)
+        self._record([_Stored(path, snapshot_file(self.store, source, logical_path=path))])
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """``mlflow.log_artifacts``: every file under ``local_dir``, its relative path kept under
+        ``artifact_path`` (symlinked files followed, symlinked folders not, as ``os.walk``)."""
+        folder = artifact_folder(artifact_path)
+        root = os.fspath(local_dir)
+        if not os.path.isdir(root):
+            if os.path.exists(root):
+                raise ValidationError(f"local_dir {root!r}: not a directory (log_artifact takes a file)",
+                                      key="local_dir", rule="artifact-source")
+            raise ArtifactNotFoundError(f"{root}: artifact source directory not found")
+        files: list[tuple[str, str]] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                source = os.path.join(dirpath, filename)
+                rel = os.path.relpath(source, root).replace(os.sep, "/")
+                path = _join(folder, rel)
+                _check_name(filename, "local_dir", source)
+                _check_safe(path, "local_dir", source)
+                files.append((source, path))
+        self._record([_Stored(path, snapshot_file(self.store, source, logical_path=path))
+                      for source, path in files])
+
+    # -- in-memory content ----------------------------------------------------------
+
+    def log_dict(self, dictionary: Any, artifact_file: str) -> None:
+        """``mlflow.log_dict``: JSON, or YAML for ``.yml``/``.yaml``."""
+        path = artifact_file_path(artifact_file)
+        self._record([_Stored(path, self.store.add_bytes(dict_bytes(dictionary, artifact_file), logical_path=path))])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``mlflow.log_text``: the text as UTF-8."""
+        path = artifact_file_path(artifact_file)
+        self._record([_Stored(path, self.store.add_bytes(text_bytes(text, artifact_file), logical_path=path))])
+
+    def log_figure(self, figure: Any, artifact_file: str, *, save_kwargs: Mapping[str, Any] | None = None) -> None:
+        """``mlflow.log_figure``: matplotlib or plotly, saved as MLflow saves it."""
+        path = artifact_file_path(artifact_file)
+        write = _figure_writer(figure, artifact_file, save_kwargs)
+        self._record([self._written(path, write)])
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """``mlflow.log_image(image, artifact_file)``: numpy array, PIL image or ``mlflow.Image``,
+        converted as MLflow converts it, saved by PIL in the format the extension names."""
+        path = artifact_file_path(artifact_file)
+        pil = _to_pil(image, artifact_file)
+        self._record([self._written(path, pil.save)])
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        """``mlflow.log_table``: a dict of columns or a pandas DataFrame, as MLflow's table JSON
+        (``orient="split"``) or parquet; image cells saved under ``table_images/``. Logging the
+        same file again in this run segment appends the rows, as MLflow does."""
+        if isinstance(artifact_file, str):
+            for char in _TABLE_FORBIDDEN:
+                if char in artifact_file:
+                    raise _refuse("artifact_file", artifact_file, f"contains the character {char!r}, which "
+                                  "MLflow forbids in table names")
+            if not artifact_file.endswith((".json", ".parquet")):
+                raise _refuse("artifact_file", artifact_file, "a table's file name must end with '.json' or "
+                              "'.parquet'")
+        path = artifact_file_path(artifact_file)
+        import pandas as pd  # deferred: MLflow's table format is pandas' own output
+
+        if not isinstance(data, (pd.DataFrame, dict)):
+            raise ValidationError(f"log_table {artifact_file!r}: data must be a pandas.DataFrame or a dictionary, "
+                                  f"not {type(data).__name__}", key="data", rule="artifact-type")
+        if isinstance(data, dict):
+            try:
+                data = pd.DataFrame(data)
+            except ValueError:  # all scalars: one row, as MLflow does
+                data = pd.DataFrame([data])
+        else:
+            data = data.copy(deep=False)  # MLflow rewrites image columns in place; we leave the caller's frame
+        stored: list[_Stored] = []
+        table_name = os.path.splitext(artifact_file)[0]
+        for column in data.columns:
+            if data[column].dtype == object:  # MLflow: the object columns (images are objects)
+                is_image = data[column].map(_is_image_object)
+                if any(is_image) and not all(is_image):
+                    raise ValidationError(f"log_table {artifact_file!r}: column `{column}` contains a mix of "
+                                          "images and non-images", key="data", rule="value-type")
+                if len(is_image) and all(is_image):
+                    data[column] = data[column].map(lambda img: self._table_image(img, table_name, stored))
+        with self._lock:
+            previous = self._tables.get(path)
+            if previous is not None:
+                data = pd.concat([self._read_table(previous, path), data], ignore_index=True)
+
+            def write(target: str) -> None:
+                try:
+                    if path.endswith(".json"):
+                        data.to_json(target, orient="split", index=False, date_format="iso")
+                    else:
+                        data.to_parquet(target, index=False)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise ValidationError(f"log_table {artifact_file!r}: the data cannot be saved as a table "
+                                          f"(not JSON serialisable?): {exc}", key="data", rule="value-type") from None
+
+            table = self._written(path, write)
+            self._record([*stored, table])
+            self._tables[path] = table.entry
+            entry = {"path": artifact_file, "type": "table"}
+            if entry not in self._logged_tables:
+                self._logged_tables.append(entry)
+                self._set_tag(TAG_LOGGED_ARTIFACTS, json.dumps(self._logged_tables))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _written(self, path: str, write: Callable[[str], None]) -> _Stored:
+        return _Stored(path, store_written(self.store, posixpath.basename(path), write, logical_path=path))
+
+    def _table_image(self, image: Any, table_name: str, stored: list[_Stored]) -> dict[str, str]:
+        """MLflow's ``process_image``: a PNG and a 256-pixel WebP under ``table_images/<table>/<uuid>``."""
+        base = posixpath.join("table_images", table_name, str(uuid.uuid4()))
+        png, webp = base + ".png", base + ".webp"
+        stored.append(self._written(png, image.save))
+        stored.append(self._written(webp, _compressed(image).save))
+        return {"type": "image", "filepath": png, "compressed_filepath": webp}
+
+    def _read_table(self, entry: ArtifactEntry, path: str) -> Any:
+        import pandas as pd
+
+        blob = str(self.store.path_for(entry.digest))
+        return pd.read_json(blob, orient="split") if path.endswith(".json") else pd.read_parquet(blob)
+
+    def _record(self, stored: list[_Stored]) -> None:
+        """One ``artifact`` record per stored file; every blob is already durable."""
+        for item in stored:
+            self._append(ARTIFACT_RECORD, {
+                "path": item.path, "digest": item.entry.digest, "size_bytes": item.entry.size_bytes,
+                "store_uri": self.store_uri, "media_type": media_type(item.path),
+            })
