@@ -58,20 +58,19 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import stat
 import sys
 import threading
-import urllib.parse
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from formula_foundry.errors import ArtifactNotFoundError, SubstrateError, ValidationError
 from formula_foundry.substrate import ArtifactEntry, ArtifactStore
+from formula_foundry.tracking.validation import artifact_path_problem
 
 __all__ = [
     "ARTIFACT_RECORD",
@@ -94,9 +93,6 @@ _COPY_CHUNK = 8 << 20  # one copy_file_range call
 _KICK_BYTES = 32 << 20  # start writeback of the stored copy every this many hashed bytes
 _THREADED_MIN = 4 << 20  # below this a file is copied and hashed in one thread
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-_SEGMENT_MAX = 240  # bytes per path segment: the ingester's limit (a name of 255 with ".json" added)
-_DRIVE = re.compile(r"[A-Za-z]:")
-_UPLOADING_PREFIX = ".artifact.uploading."  # mlflow/store/artifact/local_artifact_repo.py
 _TABLE_FORBIDDEN = ('"', "'", ",", ":", "[", "]", "{", "}")  # MlflowClient._check_artifact_file_string
 _PLOTLY_IMAGE_EXTENSIONS = (".png", ".jpeg", ".webp", ".svg", ".pdf")
 _COMPRESSED_IMAGE_SIZE = 256  # mlflow/tracking/multimedia.py
@@ -129,55 +125,14 @@ def _refuse(key: str, value: object, why: str) -> ValidationError:
     return ValidationError(f"{key} {value!r}: {why}", key=key, rule="artifact-path")
 
 
-def _mlflow_decode(path: str) -> str:
-    """``mlflow.utils.uri._decode``: percent-decode until stable, as the tracking server does."""
-    for _ in range(10):
-        decoded = urllib.parse.unquote(path)
-        parsed = urllib.parse.urlunparse(urllib.parse.urlparse(decoded))
-        if parsed == path:
-            return path
-        path = parsed
-    return path
-
-
 def _check_safe(path: str, key: str, shown: object, *, final: bool = True) -> None:
-    """The rules every artifact repository (and the ingester's record check) applies to a path.
+    """:func:`~.validation.artifact_path_problem`, the one rule for artifact paths, as a refusal.
 
-    ``final``: ``path`` is what the record will carry, so it must also be normalised (no empty,
-    ``.`` segment, decoded or not), its first segment must not start with ``~`` and no segment
-    may be longer than the ingester's limit.
+    ``final``: ``path`` is what the record will carry, so it must also be normalised.
     """
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _refuse(key, shown, "is not valid Unicode text (lone surrogate)") from None
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise _refuse(key, shown, "contains a control character; MLflow's server would store it escaped")
-    try:
-        decoded = _mlflow_decode(path)
-    except ValueError:
-        raise _refuse(key, shown, "is not a valid URL path") from None
-    if "#" in decoded:
-        raise _refuse(key, shown, "contains '#', which MLflow refuses in artifact paths")
-    if "\\" in decoded:
-        raise _refuse(key, shown, "contains a backslash; artifact paths use '/' (MLflow refuses other separators)")
-    if decoded.lower().startswith("file:"):
-        raise _refuse(key, shown, "is a file: URI, not a path relative to the run's artifact root")
-    if PurePosixPath(decoded).is_absolute() or PureWindowsPath(decoded).is_absolute() \
-            or _DRIVE.match(decoded):
-        raise _refuse(key, shown, "is absolute; artifact paths are relative to the run's artifact root")
-    if ".." in decoded.split("/"):
-        raise _refuse(key, shown, "contains '..'; nothing may be written outside the run's artifact root")
-    if not final:
-        return
-    for candidate in (path, decoded):
-        parts = candidate.split("/")
-        if any(part in ("", ".") for part in parts):
-            raise _refuse(key, shown, "is not a normalised path (an empty or '.' segment)")
-        if parts[0].startswith("~"):
-            raise _refuse(key, shown, "starts with '~' (a home folder to some tools)")
-        if any(len(part.encode("utf-8")) > _SEGMENT_MAX for part in parts):
-            raise _refuse(key, shown, f"has a path segment longer than {_SEGMENT_MAX} bytes")
+    problem = artifact_path_problem(path, normalised=final)
+    if problem:
+        raise _refuse(key, shown, problem)
 
 
 def artifact_folder(artifact_path: object, *, key: str = "artifact_path") -> str | None:
@@ -205,11 +160,6 @@ def _join(folder: str | None, name: str) -> str:
     return f"{folder}/{name}" if folder else name
 
 
-def _check_name(name: str, key: str, shown: object) -> None:
-    if name.startswith(_UPLOADING_PREFIX):
-        raise _refuse(key, shown, f"file names starting with {_UPLOADING_PREFIX!r} are reserved by MLflow")
-
-
 def artifact_file_path(artifact_file: object, *, key: str = "artifact_file") -> str:
     """Validate ``artifact_file`` (a file path in the run's artifacts) and return it normalised.
 
@@ -226,7 +176,6 @@ def artifact_file_path(artifact_file: object, *, key: str = "artifact_file") -> 
     name = posixpath.basename(norm)
     if name in ("", ".", ".."):
         raise _refuse(key, artifact_file, "must name a file")
-    _check_name(name, key, artifact_file)
     _check_safe(norm, key, artifact_file)
     return norm
 
@@ -631,7 +580,6 @@ class ArtifactLog:
             return
         name = os.path.basename(source)
         path = _join(folder, name)
-        _check_name(name, "local_path", source)
         _check_safe(path, "local_path", source)
         self._record([_Stored(path, snapshot_file(self.store, source, logical_path=path))])
 
@@ -652,7 +600,6 @@ class ArtifactLog:
                 source = os.path.join(dirpath, filename)
                 rel = os.path.relpath(source, root).replace(os.sep, "/")
                 path = _join(folder, rel)
-                _check_name(filename, "local_dir", source)
                 _check_safe(path, "local_dir", source)
                 files.append((source, path))
         self._record([_Stored(path, snapshot_file(self.store, source, logical_path=path))

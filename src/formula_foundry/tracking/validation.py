@@ -45,6 +45,7 @@ __all__ = [
     "MAX_MEDIA_TYPE_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_PATH_SEGMENT_BYTES",
+    "artifact_path_problem",
     "MAX_RUN_NAME_LENGTH",
     "MAX_STORE_URI_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
@@ -262,6 +263,52 @@ def _mlflow_decode(path: str) -> str:
     raise ValueError("the path does not decode to a fixed point in 10 rounds")
 
 
+def artifact_path_problem(path: str, *, normalised: bool = True) -> str | None:
+    """Why ``path`` cannot be an artifact path in a run, or None: the ONE rule for every artifact path.
+
+    What MLflow 3.17 checks on every artifact repository (``validate_path_is_safe`` on the
+    percent-decoded path: no ``#``, no ``..``, not absolute, no ``file:`` URI, no other separator;
+    the local repository's reserved ``.artifact.uploading.`` names) and what the ingester needs
+    (no control character, valid Unicode). With ``normalised`` (the path as it will be stored):
+    also no empty or ``.`` segment, no ``~`` first segment, segments of at most
+    :data:`MAX_PATH_SEGMENT_BYTES`. Checked on the path as given, once percent-decoded and decoded
+    as MLflow does. Used by the producer (references and real artifacts) and the ingester's record
+    check alike, so nothing accepted at the call is refused later.
+    """
+    if not _is_text(path):
+        return "is not valid Unicode text (lone surrogate)"
+    if _CONTROL.search(path):
+        return "contains a control character (NUL, newline, tab, ...)"
+    try:
+        decoded = _mlflow_decode(path)
+    except ValueError:
+        return "does not percent-decode to a stable path (MLflow refuses it)"
+    for candidate in dict.fromkeys((path, urllib.parse.unquote(path), decoded)):
+        if "#" in candidate:
+            return "contains '#', which MLflow refuses in artifact paths"
+        if "\\" in candidate:
+            return "contains a backslash (once percent-decoded); artifact paths use '/'"
+        if candidate.lower().startswith("file:"):
+            return "is a file: URI, not a path relative to the run's artifact root"
+        parts = candidate.split("/")
+        if ".." in parts:
+            return "contains '..'; nothing may be written outside the run's artifact root"
+        if candidate.startswith("/") or _DRIVE.match(candidate):
+            return "is absolute (or starts with a drive letter); it must be relative"
+        if parts[-1].startswith(_UPLOADING_PREFIX):
+            return f"names a file starting with {_UPLOADING_PREFIX!r}, reserved by MLflow"
+        if not normalised:
+            continue
+        if any(part in ("", ".") for part in parts):
+            return (f"is not a normalised path (it would resolve to {posixpath.normpath(candidate)!r}): "
+                    "no empty or '.' segment")
+        if parts[0].startswith("~"):
+            return "starts with '~' (a home folder to some tools)"
+        if any(len(part.encode("utf-8")) > MAX_PATH_SEGMENT_BYTES for part in parts):
+            return f"has a segment longer than {MAX_PATH_SEGMENT_BYTES} bytes (UTF-8)"
+    return None
+
+
 def _path_error(path: object, why: str) -> ValidationError:
     return ValidationError(f"artifact reference: logical_path {path!r:.120} {why}",
                            key="logical_path", rule="artifact-path")
@@ -270,13 +317,9 @@ def _path_error(path: object, why: str) -> ValidationError:
 def artifact_logical_path(path: object) -> str:
     """Validate the ``logical_path`` of an artifact reference; returns it with ``\\`` as ``/``.
 
-    The ingester writes the reference to ``artifact_refs/<path>.json`` in the run's artifacts, so the
-    path must pass, as a folder plus a file name, what MLflow 3.17 checks on every artifact repository
-    (``verify_artifact_path``: the folder must not change under ``posixpath.normpath``;
-    ``validate_path_is_safe`` on the percent-decoded path: no ``#``, no ``..``, not absolute, no other
-    separator; the local repository's reserved ``.artifact.uploading.`` names) and the ingester's
-    record check (no control character, no ``~`` first segment, no drive letter, segments of at most
-    240 bytes). Checked on the path as given, once percent-decoded and decoded as MLflow does.
+    The ingester writes the reference to ``artifact_refs/<path>.json`` in the run's artifacts:
+    :func:`artifact_path_problem` decides, on the path with ``\\`` read as ``/``, plus a total
+    length of at most :data:`MAX_LOGICAL_PATH_BYTES`.
     """
     if not isinstance(path, str):
         raise ValidationError(f"artifact reference: logical_path must be a string, got "
@@ -285,37 +328,12 @@ def artifact_logical_path(path: object) -> str:
         raise _path_error(path, "must be a non-empty path")
     if not _is_text(path):
         raise _path_error(path, "is not valid Unicode text (lone surrogate)")
-    if _CONTROL.search(path):
-        raise _path_error(path, "contains a control character (NUL, newline, tab, ...)")
     norm = path.replace("\\", "/")  # a Windows-style path names the same folders
     if len(norm.encode("utf-8")) > MAX_LOGICAL_PATH_BYTES:
         raise _path_error(path, f"is longer than {MAX_LOGICAL_PATH_BYTES} bytes (UTF-8)")
-    try:
-        decoded = _mlflow_decode(norm)
-    except ValueError:
-        raise _path_error(path, "does not percent-decode to a stable path (MLflow refuses it)") from None
-    for candidate in dict.fromkeys((norm, urllib.parse.unquote(norm), decoded)):
-        if "#" in candidate:
-            raise _path_error(path, "contains '#', which MLflow refuses in artifact paths")
-        if "\\" in candidate:
-            raise _path_error(path, "contains a backslash once percent-decoded; MLflow refuses other "
-                                    "separators")
-        parts = candidate.split("/")
-        if ".." in parts:
-            raise _path_error(path, "contains '..'; it must stay inside the run's artifacts")
-        if candidate.startswith("/"):
-            raise _path_error(path, "is absolute; it must be relative")
-        if _DRIVE.match(candidate):
-            raise _path_error(path, "starts with a drive letter; it must be relative")
-        if any(part in ("", ".") for part in parts):
-            raise _path_error(path, f"is not a normalised path (it would resolve to "
-                                    f"{posixpath.normpath(candidate)!r}): no empty or '.' segment")
-        if parts[0].startswith("~"):
-            raise _path_error(path, "starts with '~' (a home folder to some tools)")
-        if any(len(part.encode("utf-8")) > MAX_PATH_SEGMENT_BYTES for part in parts):
-            raise _path_error(path, f"has a segment longer than {MAX_PATH_SEGMENT_BYTES} bytes (UTF-8)")
-        if parts[-1].startswith(_UPLOADING_PREFIX):
-            raise _path_error(path, f"names a file starting with {_UPLOADING_PREFIX!r}, reserved by MLflow")
+    problem = artifact_path_problem(norm)
+    if problem:
+        raise _path_error(path, problem)
     return norm
 
 

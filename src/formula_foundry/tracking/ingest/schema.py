@@ -61,13 +61,13 @@ import re
 from collections.abc import Callable
 from itertools import compress
 from operator import itemgetter
-from urllib.parse import unquote
 
 from formula_foundry.errors import ValidationError
 from formula_foundry.tracking.events import RUN_STATUSES, decode_metric_value
 from formula_foundry.tracking.validation import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
+    artifact_path_problem,
     check_key,
 )
 
@@ -81,13 +81,11 @@ _ORDERED_TYPES = HEADER_TYPES | END_TYPES  # the types with a place of their own
 MAX_RUN_NAME_LENGTH = 250  # MLflow: runs.name is VARCHAR(250)
 MAX_EXPERIMENT_NAME_LENGTH = 256  # MLflow checks 500, but its experiments.name column is VARCHAR(256)
 MAX_JOURNAL_ID_LENGTH = 64
-MAX_PATH_SEGMENT_BYTES = 240  # a file name of 255 bytes at most, with ".json" added
+
 MLFLOW_RESERVED_PREFIX = ".artifact.uploading."  # MLflow's local repository: its files in flight
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DRIVE = re.compile(r"[A-Za-z]:")
 _SPECIAL_VALUES = frozenset({"NaN", "Infinity", "-Infinity"})
 _FLOAT_ONLY = {float}
 _INT_ONLY = {int}
@@ -227,16 +225,9 @@ def _logical_path(kind: str, record: dict, field: str = "logical_path") -> None:
         raise _fail(kind, field, "is missing")
     if type(path) is not str:
         raise _fail(kind, field, f"must be a string, not {_shown(path)}")
-    if _CONTROL.search(path):
-        raise _fail(kind, field, f"{path!r:.80} contains a control character (NUL, newline, ...)")
-    for candidate in {path, unquote(path)}:  # MLflow percent-decodes artifact paths before its checks
-        parts = candidate.split("/")
-        if (not candidate or "\\" in candidate or "#" in candidate or _DRIVE.match(candidate)
-                or any(part in ("", ".", "..") or len(part.encode()) > MAX_PATH_SEGMENT_BYTES for part in parts)
-                or parts[0].startswith("~")):
-            raise _fail(kind, field, f"{path!r:.80} is not a normalised relative path (segments of "
-                        f"at most {MAX_PATH_SEGMENT_BYTES} bytes separated by one '/', none empty, '.', '..' "
-                        "or a leading '~...', no '\\', '#' or drive letter)")
+    problem = artifact_path_problem(path)  # the producer's own rule: nothing it accepts is refused here
+    if problem:
+        raise _fail(kind, field, f"{path!r:.80} {problem}")
 
 
 # --------------------------------------------------------------------------- one check per type
