@@ -227,3 +227,16 @@ def test_docs_state_the_dataclass_defaults_and_ranges():
                 lo, hi = bounds
                 row = f"| `{prefix}.{f.name}` | {lo:.15g} – {hi:.15g} |"
                 assert row in doc.replace(" (365 days)", ""), f"{prefix}.{f.name}: range not documented"
+
+
+def test_mlflow_tracking_uri_of_the_drop_in_is_not_a_store_override(tmp_path):
+    """``MLFLOW_TRACKING_URI=ff-journal:`` sends MLflow's API into the journals (the drop-in); the
+    config then keeps its own store, so ``ff-ingest`` in the same shell ingests where it should."""
+    from formula_foundry.tracking import load_config
+
+    cfg_file = tmp_path / "config" / "mlflow.yaml"
+    cfg_file.parent.mkdir()
+    cfg_file.write_text("tracking:\n  backend_store_uri: sqlite:///store/m.db\n")
+    for value in ("ff-journal:", f"ff-journal:{tmp_path}"):
+        cfg = load_config(cfg_file, env={"MLFLOW_TRACKING_URI": value})
+        assert cfg.tracking.backend_store_uri == f"sqlite:///{(tmp_path / 'store' / 'm.db').resolve()}"

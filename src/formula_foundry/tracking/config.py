@@ -101,6 +101,11 @@ def _key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSI
     return field(default=default, default_factory=factory, metadata={"config": rule})
 
 
+# MLFLOW_TRACKING_URI=ff-journal:... sends MLflow's own API into the journals (the drop-in plugin); as
+# an override of the store the ingester writes to it means nothing, and is ignored.
+DROP_IN_SCHEME = "ff-journal:"
+
+
 # --------------------------------------------------------------------------- the config (= the schema)
 
 @dataclass(frozen=True)
@@ -294,6 +299,8 @@ class _Loader:
             value = self.check(key, data[key.name], dotted) if key.name in data else self.default(key, dotted)
             origin = ""
             override = self.env.get(key.rule.env, "") if key.rule.env else ""
+            if key.rule.env == "MLFLOW_TRACKING_URI" and override.startswith(DROP_IN_SCHEME):
+                override = ""  # MLflow's drop-in (docs/mlflow-drop-in.md) points at this config, not a store
             if override:  # an empty variable counts as unset
                 origin = f" (from ${key.rule.env})"
                 value = self.check(key, self._from_env(key, override), dotted, origin)

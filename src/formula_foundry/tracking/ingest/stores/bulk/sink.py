@@ -300,7 +300,8 @@ class BulkSink(Sink):
                 user_id=tags.get(MLFLOW_USER, "unknown"), status=RunStatus.to_string(RunStatus.RUNNING),
                 start_time=start_time, end_time=None, deleted_time=None, source_version="",
                 lifecycle_stage=LifecycleStage.ACTIVE))
-            conn.execute(sa.insert(self._tags), [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()])
+            conn.execute(sa.insert(self._tags),
+                         [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()])
         return RunInfo(run_id, experiment_id)
 
     # -- Sink: the SQL side ---------------------------------------------------------
@@ -356,7 +357,8 @@ class BulkSink(Sink):
                     self._write_metrics(conn, mlflow_run_id, batch.metrics)
                 if batch.deleted_tags:  # a key is never both deleted and set in one batch (plan.py)
                     t = self._tags
-                    conn.execute(sa.delete(t).where(t.c.run_uuid == mlflow_run_id, t.c.key.in_(batch.deleted_tags)))
+                    conn.execute(sa.delete(t).where(t.c.run_uuid == mlflow_run_id,
+                                                    t.c.key.in_(batch.deleted_tags)))
                 if batch.tags:
                     conn.execute(self._tag_upsert, [{"key": k, "value": v, "run_uuid": mlflow_run_id}
                                                     for k, v in batch.tags.items()])
