@@ -123,14 +123,20 @@ def _int(kind: str, record: dict, field: str, low: int, high: int, *, required: 
         raise _fail(kind, field, f"{value} is out of range [{low}, {high}] (a 64-bit integer in the store)")
 
 
-def _text(kind: str, record: dict, field: str, *, required: bool, nullable: bool = False,
-          max_length: int | None = None, empty: bool = True) -> None:
+def _present(kind: str, record: dict, field: str, *, required: bool, nullable: bool) -> object:
+    """The member's value, or _MISSING when it is absent (and may be) or null (and may be)."""
     value = record.get(field, _MISSING)
     if value is _MISSING:
         if required:
             raise _fail(kind, field, "is missing")
-        return
-    if value is None and nullable:
+        return _MISSING
+    return _MISSING if value is None and nullable else value
+
+
+def _text(kind: str, record: dict, field: str, *, required: bool, nullable: bool = False,
+          max_length: int | None = None, empty: bool = True) -> None:
+    value = _present(kind, record, field, required=required, nullable=nullable)
+    if value is _MISSING:
         return
     if type(value) is not str:
         raise _fail(kind, field, f"must be a string{' or null' if nullable else ''}, not {_shown(value)}")
@@ -158,12 +164,8 @@ def _key(kind: str, field: str, key: object, what: str, keys: set[str]) -> None:
 
 
 def _object(kind: str, record: dict, field: str, *, required: bool, nullable: bool = False) -> dict | None:
-    value = record.get(field, _MISSING)
+    value = _present(kind, record, field, required=required, nullable=nullable)
     if value is _MISSING:
-        if required:
-            raise _fail(kind, field, "is missing")
-        return None
-    if value is None and nullable:
         return None
     if type(value) is not dict:
         raise _fail(kind, field, f"must be an object, not {_shown(value)}")
@@ -171,12 +173,8 @@ def _object(kind: str, record: dict, field: str, *, required: bool, nullable: bo
 
 
 def _run_id(kind: str, record: dict, field: str, *, required: bool, nullable: bool = False) -> None:
-    value = record.get(field, _MISSING)
+    value = _present(kind, record, field, required=required, nullable=nullable)
     if value is _MISSING:
-        if required:
-            raise _fail(kind, field, "is missing")
-        return
-    if value is None and nullable:
         return
     if type(value) is not str or not _RUN_ID.fullmatch(value):
         raise _fail(kind, field, f"must be a run id (32 lowercase hex digits), not {_shown(value)}")
