@@ -180,6 +180,7 @@ class IngestConfig:
     extra_roots: tuple[Path, ...] = _key((), resolve="path")
     sink: str = _key("auto", choices=SINKS)
     sqlite_busy_timeout_seconds: float = _key(30.0, bounds=(0.0, _DAY))
+    journal_budget: int = _key(0, bounds=(0, 10**14), unit="bytes")  # doctor warns above it; 0: off
     watch: WatchConfig = _key(factory=WatchConfig)
 
 

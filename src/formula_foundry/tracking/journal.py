@@ -27,6 +27,8 @@ Reader guarantees
     * Opens regular files only, without blocking: a FIFO, socket, device or
       folder named like a journal is refused with :class:`JournalError` naming it
       (opening a FIFO for reading would wait for a writer forever).
+    * Reads an archived journal (``*.jsonl.gz``, one gzip stream of the same bytes)
+      transparently; offsets and line numbers are those of the uncompressed content.
     * Streams in 64 KiB reads from any byte offset: memory stays flat. No line may
       be longer than :data:`MAX_LINE_BYTES`; a longer one (complete or not) is a
       :class:`CorruptRecordError`, found after reading at most that many bytes of it.
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import os
 import stat
 import threading
@@ -64,10 +67,11 @@ from formula_foundry.errors import (
 from formula_foundry.tracking.events import FORMAT_VERSION, TYPES
 from formula_foundry.tracking.framing import FrameError, frame, unframe, unframe_all
 
-__all__ = ["JOURNAL_SUFFIX", "MAX_LINE_BYTES", "Chunk", "Entry", "JournalReader", "JournalWriter", "ReadPosition",
-           "open_journal"]
+__all__ = ["COMPRESSED_SUFFIX", "JOURNAL_SUFFIX", "MAX_LINE_BYTES", "Chunk", "Entry", "JournalReader",
+           "JournalWriter", "ReadPosition", "open_journal", "open_journal_stream"]
 
 JOURNAL_SUFFIX = ".jsonl"
+COMPRESSED_SUFFIX = ".gz"  # an archived journal (``prune --archive``): ``<run_id>.<journal_id>.jsonl.gz``
 _CHUNK = 64 << 10  # read size: chunks of a few hundred lines stay in the CPU's caches
 
 # The longest line (without its "\n") a journal may hold. The largest record whose size the producer's
@@ -407,6 +411,36 @@ def open_journal(path: Path | str):
         raise
 
 
+class _GzipJournal(gzip.GzipFile):
+    """A gzip stream that owns (and closes) the journal file under it."""
+
+    def __init__(self, raw) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+def open_journal_stream(path: Path | str):
+    """The journal's bytes as a binary stream: :func:`open_journal`, decompressed when the name ends in ``.gz``.
+
+    Byte offsets and line numbers of a compressed journal are those of its
+    uncompressed content, so checkpoints carry over from the plain file.
+    """
+    raw = open_journal(path)
+    if not os.fspath(path).endswith(COMPRESSED_SUFFIX):
+        return raw
+    try:
+        return _GzipJournal(raw)
+    except BaseException:
+        raw.close()
+        raise
+
+
 def _file_kind(mode: int) -> str:
     """What a non-regular file is, in words."""
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
@@ -444,7 +478,7 @@ class JournalReader:
         """
         offset, line_no, seq = start.offset, start.line, start.seq
         self.pending_bytes = 0
-        with open_journal(self.path) as fh:
+        with open_journal_stream(self.path) as fh:
             fh.seek(offset)
             tail: list[bytes] = []  # the incomplete last line so far, in pieces (a long line: many reads)
             tail_size = 0

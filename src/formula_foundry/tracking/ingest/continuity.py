@@ -6,9 +6,11 @@ more, and ingesting it would put someone else's records into run R, or nothing
 at all while ``status`` shows stale counts:
 
 * **truncated**: the file is shorter than B (restored from an old backup,
-  rewritten by hand): the ingested records are gone from it;
+  rewritten by hand): the ingested records are gone from it (not checked for an
+  archived ``.gz`` journal, whose size on disk is not its content's);
 * **replaced**: its first record names another run or journal than its file
-  name (``<run_id>.<journal_id>.jsonl``): another run's journal was copied over it;
+  name (``<run_id>.<journal_id>.jsonl``, or ``.jsonl.gz`` when archived): another run's
+  journal was copied over it;
 * **a copy**: it carries the journal id of a checkpoint whose own file still
   exists at another path (a copied run folder). A journal whose old path is
   gone was *moved*, which is fine: its checkpoint follows it.
@@ -59,7 +61,7 @@ def mismatch(path: Path, size: int, run_id: str | None, journal_id: str | None,
     if cp.path != str(path) and Path(cp.path).exists() and not _same_file(Path(cp.path), path):
         return Mismatch("copy", f"{path}: a copy of journal {cp.journal_id}, which is ingested from {cp.path}; "
                                 "not ingested (remove one of the two)")
-    if size < cp.position.offset:
+    if size < cp.position.offset and not path.name.endswith(".gz"):
         return Mismatch("truncated", f"{path}: truncated to {size} bytes, below its checkpoint at byte "
                                      f"{cp.position.offset} (line {cp.position.line}): records already ingested "
                                      "are gone from the file; not ingested further (restore the journal)")

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from formula_foundry.tracking.journal import JOURNAL_SUFFIX
+from formula_foundry.tracking.journal import COMPRESSED_SUFFIX, JOURNAL_SUFFIX
 
 __all__ = ["discover", "is_journal", "journal_id_of", "skip_reason"]
 
@@ -32,15 +32,23 @@ log = logging.getLogger(__name__)
 _logged: set[tuple[Path, str]] = set()  # skips this process has logged (a daemon rescans often)
 
 
+_GZ_SUFFIX = JOURNAL_SUFFIX + COMPRESSED_SUFFIX
+
+
 def is_journal(path: Path) -> bool:
-    """A journal is ``<...>/tracking/<run_id>.<journal_id>.jsonl``."""
-    return path.suffix == JOURNAL_SUFFIX and path.parent.name == "tracking" and path.name.count(".") == 2
+    """A journal is ``<...>/tracking/<run_id>.<journal_id>.jsonl``, or ``.jsonl.gz`` when archived."""
+    if path.parent.name != "tracking":
+        return False
+    name = path.name
+    if name.endswith(_GZ_SUFFIX):
+        return name.count(".") == 3
+    return path.suffix == JOURNAL_SUFFIX and name.count(".") == 2
 
 
 def journal_id_of(path: Path) -> str | None:
-    """The journal id in a journal's file name (``<run_id>.<journal_id>.jsonl``), or None."""
+    """The journal id in a journal's file name (``<run_id>.<journal_id>.jsonl[.gz]``), or None."""
     parts = path.name.split(".")
-    return parts[1] if len(parts) == 3 else None
+    return parts[1] if len(parts) == 3 or (len(parts) == 4 and parts[3] == "gz") else None
 
 
 def skip_reason(path: Path | str, *, follow_symlinks: bool = False) -> str | None:
@@ -68,10 +76,19 @@ def skip_reason(path: Path | str, *, follow_symlinks: bool = False) -> str | Non
 
 
 def file_size(path: Path) -> int | None:
-    """The size of ``path`` in bytes, or None when it cannot be stat'ed (gone, unreadable folder)."""
+    """The size of ``path``'s journal content in bytes, or None when it cannot be stat'ed (gone, unreadable folder).
+
+    For an archived ``.gz`` journal: its uncompressed size, from the gzip trailer
+    (exact below 4 GiB; an archive is one gzip member, as ``prune --archive`` writes it).
+    """
     try:
-        return path.stat().st_size
-    except OSError:
+        st = path.stat()
+        if not path.name.endswith(COMPRESSED_SUFFIX) or not stat.S_ISREG(st.st_mode):
+            return st.st_size  # (never open a FIFO named like an archive: it would wait for a writer)
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return int.from_bytes(fh.read(4), "little")
+    except (OSError, ValueError):
         return None
 
 

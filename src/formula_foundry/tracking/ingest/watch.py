@@ -68,7 +68,7 @@ from formula_foundry.tracking.ingest.stores.connect import open_sink, store_lock
 from formula_foundry.tracking.ingest.stores.lock import StoreLock
 from formula_foundry.tracking.ingest.stores.http import short_http_requests
 from formula_foundry.tracking.ingest.uri import redact
-from formula_foundry.tracking.journal import JOURNAL_SUFFIX, JournalReader
+from formula_foundry.tracking.journal import JournalReader
 
 __all__ = ["Follower", "Inbox", "StaleRun", "Watcher", "format_event", "producer_alive", "run_daemon"]
 
@@ -463,7 +463,7 @@ def _handler(inbox: Inbox, explicit: frozenset[str]):
                 if event.is_directory:
                     if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
                         inbox.put_dir(raw)
-                elif raw in explicit or (raw.endswith(JOURNAL_SUFFIX) and is_journal(Path(raw))):
+                elif raw in explicit or is_journal(Path(raw)):  # .jsonl, and archived .jsonl.gz
                     inbox.put_path(raw)
 
     return _Handler()

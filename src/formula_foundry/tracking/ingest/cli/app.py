@@ -7,6 +7,7 @@ Usage::
     ff-ingest status [--json]              # per-journal progress, lag, state
     ff-ingest doctor [--json]              # health of config, store, artifact store, backlog
     ff-ingest check --task ID              # runs against the acceptance registry
+    ff-ingest prune [--older-than 7d] [--archive DIR] [--dry-run]   # delete/archive ended, ingested journals
 
 Exit codes (for scripts), the same for every command:
 
@@ -46,6 +47,7 @@ from formula_foundry.tracking.ingest.cli import INSTALL_HINT
 from formula_foundry.tracking.ingest.cli.check import check_command
 from formula_foundry.tracking.ingest.cli.doctor import doctor_command
 from formula_foundry.tracking.ingest.cli.ingest import ingest_command
+from formula_foundry.tracking.ingest.cli.prune import prune_command
 from formula_foundry.tracking.ingest.cli.status import status_command
 from formula_foundry.tracking.ingest.cli.view import view_command
 
@@ -96,13 +98,14 @@ def cli() -> None:
     ff-ingest status                 per journal: run, records, ingested, lag, state
     ff-ingest doctor                 health of config, store, artifact store, backlog
     ff-ingest check --task ID        runs against the acceptance registry
+    ff-ingest prune                  delete or --archive ended, fully ingested, idle journals
 
     Exit codes: 0 ok, 1 journal errors, 2 usage/config, 3 store unavailable,
     4 MLflow missing, 5 another ingester holds the store, 130 interrupted.
     """
 
 
-for _command in (ingest_command, view_command, status_command, doctor_command, check_command):
+for _command in (ingest_command, view_command, status_command, doctor_command, check_command, prune_command):
     cli.add_command(_command)
 
 

@@ -35,7 +35,8 @@ storage        store size (SQLite file, PostgreSQL ``pg_database_size``), artifa
                (WARN under 1 GiB or 5 % free)
 backlog        journal bytes beyond their checkpoints (not yet ingested), the artifact files and
                bytes among them still to upload, and journals whose last ingest stopped at an
-               error (WARN)
+               error (WARN); the journals' bytes on disk, WARN above ``ingest.journal_budget``
+               (when set), with what ``ff-ingest prune`` would free
 =============  ================================================================================
 
 A check that cannot run because an earlier one failed is ``SKIP``. ``--json``
@@ -74,7 +75,8 @@ from formula_foundry.tracking.config import Config
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
 from formula_foundry.tracking.ingest.cli.status import scan_lag
-from formula_foundry.tracking.ingest.discover import discover
+from formula_foundry.tracking.ingest.discover import discover, file_size, journal_id_of
+from formula_foundry.tracking.ingest.prune import DEFAULT_OLDER_THAN, Facts, is_held, keep_reason, parse_duration
 from formula_foundry.tracking.events import MetricPoint
 from formula_foundry.tracking.ingest.sink import Batch
 from formula_foundry.tracking.ingest.store_errors import classify
@@ -524,15 +526,22 @@ def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
         return Check("backlog", WARN, f"cannot read the ingest checkpoints: {_one_line(exc)}")
     pending_bytes = artifacts = artifact_bytes = 0
     behind = never = 0
+    disk = prunable = 0
+    older_than, now = parse_duration(DEFAULT_OLDER_THAN), time.time()
     errors: list[str] = []
     for path in journals:
-        parts = path.name.split(".")
-        journal_id = parts[1] if len(parts) == 3 else None
+        journal_id = journal_id_of(path)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except OSError:
             continue
+        size = file_size(path) or 0  # content bytes (a .gz archive: uncompressed)
         cp = checkpoints.get(journal_id) if journal_id else None
+        disk += st.st_size
+        if cp is not None and cp.ended and keep_reason(
+                Facts(path=path, size=st.st_size, mtime=st.st_mtime, checkpoint=cp, error=None, held=is_held(path)),
+                older_than=older_than, now=now) is None:
+            prunable += st.st_size
         if cp is None:
             never += 1
         if cp is not None and cp.last_error:
@@ -549,7 +558,12 @@ def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
             artifact_bytes += uploads.artifact_bytes
     data = {"journals": len(journals), "pending_bytes": pending_bytes, "journals_behind": behind,
             "never_ingested": never, "errors": len(errors), "artifacts_pending": artifacts,
-            "artifact_bytes_pending": artifact_bytes}
+            "artifact_bytes_pending": artifact_bytes, "journal_bytes": disk,
+            "journal_budget": cfg.ingest.journal_budget, "prunable_bytes": prunable}
+    budget = cfg.ingest.journal_budget
+    over = "" if not budget or disk <= budget else (
+        f"journals take {human_bytes(disk)}, above ingest.journal_budget {human_bytes(budget)}: "
+        f"ff-ingest prune (--older-than {DEFAULT_OLDER_THAN}) would free {human_bytes(prunable)}; ")
     if not journals:
         return Check("backlog", OK, "no journals yet", data)
     if pending_bytes:
@@ -561,9 +575,9 @@ def check_backlog(cfg: Config, uri: str, journals: list[Path]) -> Check:
         detail = f"0 B not yet ingested ({len(journals)} journals, all caught up)"
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        return Check("backlog", WARN, f"{len(errors)} journal(s) stopped at an error: "
+        return Check("backlog", WARN, over + f"{len(errors)} journal(s) stopped at an error: "
                                       + "; ".join(errors[:3]) + more + f"; {detail}", data)
-    return Check("backlog", OK, detail, data)
+    return Check("backlog", WARN if over else OK, over + detail, data)
 
 
 # --------------------------------------------------------------------------- orchestration

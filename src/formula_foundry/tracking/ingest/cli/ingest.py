@@ -11,7 +11,9 @@ import click
 from formula_foundry.tracking.config import Config
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, require_mlflow, setup_logging
 from formula_foundry.tracking.ingest.discover import discover, journal_id_of
+from formula_foundry.tracking.ingest.cli.selection import selection_from, selection_options
 from formula_foundry.tracking.ingest.replay import JournalReport, PassReport, Replayer
+from formula_foundry.tracking.ingest.select import Selection, select
 from formula_foundry.tracking.ingest.sink import Sink
 from formula_foundry.tracking.ingest.stores.connect import open_sink, read_checkpoints, store_lock
 from formula_foundry.tracking.ingest.stores.checkpoints import MemoryCheckpoints
@@ -33,30 +35,38 @@ __all__ = ["ingest_command", "run_batch"]
 @click.option("--polling", is_flag=True, default=None, help="With --watch: poll instead of inotify (NFS).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, summary only on errors.")
+@selection_options
 def ingest_command(paths, config_path, tracking_uri, roots, log_level, sink, dry_run, skip_corrupt, watch,
-                   polling, as_json, quiet):
+                   polling, as_json, quiet, run_ids, experiment, since, until):
     """Replay tracking journals into MLflow, exactly once.
 
-    With no PATHS, every journal under the configured roots is ingested.
+    With no PATHS, every journal under the configured roots is ingested
+    (--run-id/--experiment/--since/--until: only the journals whose header matches).
     """
     setup_logging(log_level)
     cfg = load(config_path, roots, tracking_uri)
+    selection = selection_from(run_ids, experiment, since, until)
+    if watch and selection:
+        raise click.UsageError("--watch follows every journal: --run-id/--experiment/--since/--until are for a "
+                               "batch ingest")
     require_mlflow()
     if watch:
         return run_daemon(cfg, tracking_uri=tracking_uri, sink=sink, polling=polling,
                           skip_corrupt=skip_corrupt, extra_paths=[Path(p) for p in paths])
     return run_batch(cfg, paths=[Path(p) for p in paths], tracking_uri=tracking_uri, sink=sink,
-                     dry_run=dry_run, skip_corrupt=skip_corrupt, as_json=as_json, quiet=quiet)
+                     dry_run=dry_run, skip_corrupt=skip_corrupt, as_json=as_json, quiet=quiet,
+                     selection=selection)
 
 
 def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None, sink: str | None = None,
               dry_run: bool = False, skip_corrupt: bool = False, as_json: bool = False,
-              quiet: bool = False) -> int:
+              quiet: bool = False, selection: Selection = Selection()) -> int:
     """One pass over every journal (or ``paths``); returns 0, or 1 when a journal had an error."""
     uri = tracking_uri or cfg.tracking.backend_store_uri
     skipped: list[JournalReport] = []  # special files and symlinks named like journals: reported, not read
     journals = discover(cfg.journal_roots if not paths else (), paths, on_skip=lambda path, reason: skipped.append(
         JournalReport(path=path, state="skipped", warnings=[f"{path}: skipped: {reason}"])))
+    journals = select(journals, selection)
     if dry_run:  # reads checkpoints only: it opens (and so creates) neither the store nor any state
         replayer = Replayer(_DryRunSink(cfg, uri, sink), dry_run=True, skip_corrupt=skip_corrupt)
         report = replayer.ingest(journals)

@@ -25,6 +25,10 @@ the state and the last error. States, first match wins:
 ``running``  fully ingested, no end record, appended recently (or its producer runs)
 ===========  ===================================================================
 
+Below the table: the journals' bytes on disk, and what ``ff-ingest prune`` with
+its default ``--older-than`` would free now. ``--run-id/--experiment/--since/--until``
+show only the journals they select (:mod:`..select`).
+
 Exit code: 0, or 1 when at least one journal is in ``error``.
 """
 
@@ -42,12 +46,15 @@ from formula_foundry.tracking.config import Config
 from formula_foundry.errors import JournalError
 from formula_foundry.tracking.framing import FrameError, unframe
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
+from formula_foundry.tracking.ingest.cli.selection import selection_from, selection_options
 from formula_foundry.tracking.ingest.continuity import mismatch
+from formula_foundry.tracking.ingest.prune import DEFAULT_OLDER_THAN, Facts, is_held, keep_reason, parse_duration
+from formula_foundry.tracking.ingest.select import Selection, select
 from formula_foundry.tracking.ingest.discover import discover, journal_id_of
 from formula_foundry.tracking.ingest.stores.connect import open_checkpoints, state_dir
 from formula_foundry.tracking.ingest.stores.lock import LOCK_FILE
 from formula_foundry.tracking.ingest.uri import redact
-from formula_foundry.tracking.journal import open_journal
+from formula_foundry.tracking.journal import open_journal_stream
 from formula_foundry.tracking.ingest import watch
 from formula_foundry.tracking.ingest.sink import Checkpoint
 
@@ -87,6 +94,9 @@ class StatusReport:
     daemon_pid: int | None  # pid of the running ingester holding the store's lock, if any
     stale_after_seconds: float
     journals: list[JournalStatus] = field(default_factory=list)
+    journal_bytes: int = 0  # bytes of the journal files on disk (archived .gz: compressed)
+    prunable_bytes: int = 0  # what ``ff-ingest prune`` (default --older-than) would free now
+    prunable: int = 0  # ... in that many journals
 
     def counts(self) -> dict[str, int]:
         out = {state: 0 for state in STATES}
@@ -102,6 +112,8 @@ class StatusReport:
                 "lag_bytes": sum(j.lag_bytes for j in self.journals),
                 "artifacts_pending": sum(j.artifacts_pending for j in self.journals),
                 "artifact_bytes_pending": sum(j.artifact_bytes_pending for j in self.journals),
+                "disk": {"journal_bytes": self.journal_bytes, "prunable_bytes": self.prunable_bytes,
+                         "prunable_journals": self.prunable, "prune_older_than": DEFAULT_OLDER_THAN},
                 "journals": [asdict(j) for j in self.journals]}
 
 
@@ -110,7 +122,7 @@ class StatusReport:
 def _header(path: Path) -> tuple[dict | None, str | None]:
     """The verified first record (or None while incomplete), and an error message if it is bad."""
     try:
-        with open_journal(path) as fh:
+        with open_journal_stream(path) as fh:
             line = fh.readline()
     except JournalError as exc:
         return None, str(exc)
@@ -144,7 +156,7 @@ def scan_lag(path: Path, offset: int) -> Lag:
     """
     lines = size = artifacts = artifact_bytes = 0
     carry = b""  # the incomplete line at the end of the previous chunk
-    with open_journal(path) as fh:
+    with open_journal_stream(path) as fh:
         fh.seek(offset)
         while chunk := fh.read(_CHUNK):
             lines += chunk.count(b"\n")
@@ -209,8 +221,13 @@ def daemon_pid(folder: Path) -> int | None:
 
 # --------------------------------------------------------------------------- the report
 
-def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None = None) -> StatusReport:
-    """Every journal under the roots and every checkpoint row of the store, with its state."""
+def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None = None,
+            selection: Selection = Selection()) -> StatusReport:
+    """Every journal under the roots and every checkpoint row of the store, with its state.
+
+    With a ``selection``, only the journals it matches (:mod:`..select`; a checkpoint whose file is
+    gone is then left out). Also the journals' bytes on disk and what a default prune would free.
+    """
     uri = tracking_uri or cfg.tracking.backend_store_uri
     now = time.time() if now is None else now
     store = open_checkpoints(cfg, uri)
@@ -224,6 +241,11 @@ def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None =
     seen = {str(p) for p in paths}
     extra = [Path(cp.path) for cp in rows if cp.path not in seen]
     headers: dict[Path, tuple[dict | None, str | None]] = {p: _header(p) for p in [*paths, *extra] if p.exists()}
+    if selection:
+        chosen = set(select([*paths, *extra], selection, header_of=lambda p: headers.get(p, (None, None))[0]))
+        paths, extra = [p for p in paths if p in chosen], [p for p in extra if p in chosen]
+    older_than = parse_duration(DEFAULT_OLDER_THAN)
+    disk = prunable = prunable_n = 0
     owners = {h["run_id"]: h for h, _ in headers.values() if h and h["type"] == "run_start"}
     ingested_runs = {cp.run_id for cp in rows if cp.mlflow_run_id}
     after = cfg.ingest.watch.stale_after_seconds
@@ -263,8 +285,14 @@ def collect(cfg: Config, tracking_uri: str | None = None, *, now: float | None =
             state = "running"
         out.append(_row(path, cp, header, error, state=state, records=records, lag=lag, mtime=mtime, now=now,
                         owners=owners))
+        disk += size
+        if state == "finished" and keep_reason(Facts(path=path, size=size, mtime=mtime, checkpoint=cp, error=error,
+                                                     held=is_held(path)), older_than=older_than, now=now) is None:
+            prunable += size
+            prunable_n += 1
     return StatusReport(store=redact(uri), checkpoints=location, daemon_pid=daemon_pid(state_dir(cfg, uri)),
-                        stale_after_seconds=after, journals=out)
+                        stale_after_seconds=after, journals=out, journal_bytes=disk, prunable_bytes=prunable,
+                        prunable=prunable_n)
 
 
 def _waits(header: dict, ingested_runs: set[str]) -> bool:
@@ -341,6 +369,8 @@ def render_table(report: StatusReport, *, root: Path | None = None) -> str:
         uploads = f", {files} artifact files ({human_bytes(pending)}) to upload"
     lines.append(f"{len(report.journals)} journals: {summary}; lag {sum(j.lag_records for j in report.journals)} "
                  f"records{uploads}")
+    lines.append(f"disk: {human_bytes(report.journal_bytes)} of journals; prune (--older-than {DEFAULT_OLDER_THAN}) "
+                 f"would free {human_bytes(report.prunable_bytes)} ({report.prunable} journals)")
     lines.append(f"store: {report.store}; daemon: {daemon}; checkpoints: {report.checkpoints}")
     return "\n".join(lines)
 
@@ -348,7 +378,8 @@ def render_table(report: StatusReport, *, root: Path | None = None) -> str:
 @click.command(name="status")
 @common
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def status_command(config_path, tracking_uri, roots, log_level, as_json):
+@selection_options
+def status_command(config_path, tracking_uri, roots, log_level, as_json, run_ids, experiment, since, until):
     """Per-journal progress: run, experiment, records, ingested, lag, state, last error.
 
     Reads only the journal files and the checkpoints: works while the tracking
@@ -356,7 +387,7 @@ def status_command(config_path, tracking_uri, roots, log_level, as_json):
     """
     setup_logging(log_level)
     cfg = load(config_path, roots, tracking_uri)
-    report = collect(cfg, tracking_uri)
+    report = collect(cfg, tracking_uri, selection=selection_from(run_ids, experiment, since, until))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -85,6 +84,7 @@ from pathlib import Path
 import sqlalchemy as sa  # comes with mlflow, as does everything this module imports lazily
 
 from formula_foundry.errors import StoreRejectedError
+from formula_foundry.tracking.ingest.discover import file_size
 from formula_foundry.tracking.ingest.plan import Limits
 from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, CheckpointStore, RunInfo, Sink
 from formula_foundry.tracking.ingest.store_errors import store_errors, translate
@@ -389,11 +389,8 @@ class BulkSink(Sink):
             return True
         if self._group_rows >= GROUP_ROWS or time.monotonic() - self._group_started >= GROUP_SECONDS:
             return True
-        try:
-            left = os.stat(checkpoint.path).st_size - checkpoint.position.offset
-        except OSError:
-            return True
-        return left < TAIL_BYTES
+        size = file_size(Path(checkpoint.path))  # uncompressed, for an archived journal too
+        return size is None or size - checkpoint.position.offset < TAIL_BYTES
 
     def _write_metrics(self, conn: sa.Connection, run: str, metrics) -> None:
         """Insert a batch's points (``(key, value, timestamp, step)`` tuples) and track latest metrics."""
