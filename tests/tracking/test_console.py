@@ -22,14 +22,7 @@ from formula_foundry.tracking.console import ConsoleBuffer, truncation_marker
 from formula_foundry.tracking.ingest.schema import check_record
 from formula_foundry.tracking.journal import JournalReader
 from tests.conftest import REPO, subprocess_env
-
-
-def configure(project: Path, **tracking) -> Path:
-    path = project / "config" / "mlflow.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["tracking"].update(tracking)
-    path.write_text(yaml.safe_dump(data))
-    return path
+from tests.tracking import configure
 
 
 def journals(project: Path) -> dict[str, Path]:

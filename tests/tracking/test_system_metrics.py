@@ -36,19 +36,12 @@ from formula_foundry.tracking.system_metrics import (
     parse_nvidia_smi,
 )
 from tests.conftest import REPO, subprocess_env
+from tests.tracking import configure
 
 HOST_KEYS = {PREFIX + k for k in (
     "cpu_utilization_percentage", "system_memory_usage_megabytes", "system_memory_usage_percentage",
     "disk_usage_megabytes", "disk_usage_percentage", "disk_available_megabytes",
     "network_receive_megabytes", "network_transmit_megabytes")}
-
-
-def configure(project: Path, **tracking) -> Path:
-    path = project / "config" / "mlflow.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["tracking"].update(tracking)
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def run_child(project: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -163,6 +163,12 @@ def _key(kind: str, field: str, key: object, what: str, keys: set[str]) -> None:
     keys.add(key)
 
 
+def _choice(kind: str, record: dict, field: str, choices) -> None:
+    value = _present(kind, record, field, required=True, nullable=False)
+    if type(value) is not str or value not in choices:
+        raise _fail(kind, field, f"must be one of {', '.join(choices)}, not {_shown(value)}")
+
+
 def _object(kind: str, record: dict, field: str, *, required: bool, nullable: bool = False) -> dict | None:
     value = _present(kind, record, field, required=required, nullable=nullable)
     if value is _MISSING:
@@ -345,11 +351,7 @@ CONSOLE_STREAMS = ("stdout", "stderr")
 
 
 def _console(record: dict, keys: set[str]) -> None:
-    stream = record.get("stream", _MISSING)
-    if stream is _MISSING:
-        raise _fail("console", "stream", "is missing")
-    if type(stream) is not str or stream not in CONSOLE_STREAMS:
-        raise _fail("console", "stream", f"must be one of {', '.join(CONSOLE_STREAMS)}, not {_shown(stream)}")
+    _choice("console", record, "stream", CONSOLE_STREAMS)
     text = record.get("text", _MISSING)
     if text is _MISSING:
         raise _fail("console", "text", "is missing")
@@ -394,11 +396,7 @@ def _inputs(record: dict, keys: set[str]) -> None:
 
 
 def _run_end(record: dict, keys: set[str]) -> None:
-    status = record.get("status", _MISSING)
-    if status is _MISSING:
-        raise _fail("run_end", "status", "is missing")
-    if type(status) is not str or status not in RUN_STATUSES:
-        raise _fail("run_end", "status", f"must be one of {', '.join(RUN_STATUSES)}, not {_shown(status)}")
+    _choice("run_end", record, "status", RUN_STATUSES)
     _text("run_end", record, "error", required=False, nullable=True)
 
 
