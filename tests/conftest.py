@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The real servers (PostgreSQL databases, mlflow server, moto's S3) as session fixtures shared by every folder.
+pytest_plugins = ["tests.services"]
+
 REPO = Path(__file__).resolve().parent.parent
 _OVERRIDES = ("FF_CONFIG", "MLFLOW_TRACKING_URI", "FF_ARTIFACT_ROOT", "FF_JOURNAL_ROOT", "FF_TRACKING_ENABLED",
               "FF_ARTIFACT_STORE")

@@ -11,7 +11,7 @@ import time
 
 from tests.conftest import run_ff_ingest
 from tests.server import produce
-from tests.server.conftest import free_port
+from tests.services import free_port
 
 CHECKS = ["config", "mlflow", "journals", "store", "schema", "experiments", "artifacts", "storage", "backlog"]
 

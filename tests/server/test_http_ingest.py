@@ -11,7 +11,7 @@ import time
 
 from tests.conftest import run_ff_ingest
 from tests.server import ARTIFACT_PATH, REF_DIGEST, produce, snapshot, wipe_state
-from tests.server.conftest import free_port
+from tests.services import free_port
 
 SECRET = "http-secret-0815"  # the test server has no auth and ignores it; it must never be printed
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import run_ff_ingest
 from tests.server import ARTIFACT_PATH, REF_DIGEST, produce, snapshot, wipe_state
-from tests.server.conftest import free_port
+from tests.services import free_port
 
 pytestmark = pytest.mark.postgres
 

@@ -100,6 +100,28 @@ def test_compose_mlflow_service(compose: dict[str, Any]) -> None:
     assert mlflow["ports"] == ["${PORT:-5000}:${PORT:-5000}"]
 
 
+def test_compose_central_ingester(compose: dict[str, Any]) -> None:
+    """The central ingester: this checkout installed with the tracking, postgres and s3 extras, following the
+    shipped journals in MinIO into the server's own PostgreSQL database, with its state in a volume."""
+    ingester = compose["services"]["ingester"]
+    command = " ".join(_strings(ingester["command"]))
+    for needle in ("[tracking,postgres,s3]", "exec ff-ingest --watch", '--root "s3://$$FF_SHIP_BUCKET/ship"'):
+        assert needle in command, needle
+    assert "--tracking-uri" not in command  # the database password stays out of `ps`
+    env = ingester["environment"]
+    server_env = compose["services"]["mlflow"]["environment"]
+    assert env["MLFLOW_TRACKING_URI"] == server_env["MLFLOW_BACKEND_STORE_URI"]  # the server's own store
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["FF_ARTIFACT_ROOT"].startswith("s3://${MLFLOW_BUCKET")
+    assert "../..:/src:ro" in ingester["volumes"]
+    assert any(v.startswith("ingest-state:") and v.split(":")[1] == ingester["working_dir"]
+               for v in ingester["volumes"])
+    assert "ingest-state" in compose["volumes"]
+    assert ingester["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    init = " ".join(_strings(compose["services"]["minio-init"]["command"]))
+    assert 'mc mb --ignore-existing "ff/$$FF_SHIP_BUCKET"' in init
+
+
 def test_container_shell_references_are_defined(compose: dict[str, Any]) -> None:
     """Each $$VAR that a container's shell expands is in that service's environment."""
     for name, service in compose["services"].items():

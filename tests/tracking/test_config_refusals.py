@@ -43,6 +43,7 @@ MEMORY_URIS = [
 NUMERIC = {
     "journal.fsync_interval_seconds": "journal:\n  fsync_interval_seconds: {v}\n",
     "ingest.sqlite_busy_timeout_seconds": "ingest:\n  sqlite_busy_timeout_seconds: {v}\n",
+    "ingest.lease_seconds": "ingest:\n  lease_seconds: {v}\n",
     "ingest.watch.poll_interval_seconds": "ingest:\n  watch:\n    poll_interval_seconds: {v}\n",
     "ingest.watch.rescan_interval_seconds": "ingest:\n  watch:\n    rescan_interval_seconds: {v}\n",
     "ingest.watch.debounce_seconds": "ingest:\n  watch:\n    debounce_seconds: {v}\n",

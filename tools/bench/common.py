@@ -28,7 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("producer", "import", "ingest", "watch", "bulk", "artifacts", "artifacts-ingest", "telemetry", "target")
+SECTIONS = ("producer", "import", "ingest", "watch", "bulk", "artifacts", "artifacts-ingest", "telemetry", "workers", "bulk-pg",
+            "ship", "target")
 
 
 # --------------------------------------------------------------------------- statistics

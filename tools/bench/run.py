@@ -12,7 +12,11 @@ exists), ``artifacts`` (``run.log_artifact`` vs ``cp`` vs ``mlflow.log_artifact`
 1 MiB-1 GiB files, ``bench_artifacts_producer.py``), ``artifacts-ingest`` (``ff-ingest``
 uploading 1,000 files of 100 KiB vs ``mlflow.log_artifacts``, ``bench_artifacts_ingest.py``),
 ``telemetry`` (system metrics sampler and console capture against their absence,
-``bench_telemetry.py``). Every option is repeated (≥ 5 runs after a warm-up; 3 with
+``bench_telemetry.py``), ``workers`` (``ff-ingest --workers 1/2/4`` into an ``mlflow server
+--workers 2`` on PostgreSQL vs 1 and 4 bare ``log_batch`` clients) and ``bulk-pg`` (the bulk
+sink straight into PostgreSQL vs ``log_batch`` through MLflow's SQL store), both
+``bench_workers.py`` (they need PostgreSQL: ``$FF_TEST_POSTGRES_URL``, else skipped), ``ship``
+(``ff-ingest ship`` to moto's S3 vs a plain boto3 ``upload_file`` of the same bytes, ``bench_ship.py``). Every option is repeated (≥ 5 runs after a warm-up; 3 with
 ``--quick``) and reported as median and min–max; the ``target`` rows give each
 ratio from the same run with met/MISSED. Everything runs in this process tree,
 one measurement at a time (the machine has 2 cores). The table goes to stdout
@@ -46,7 +50,7 @@ from common import (
     template_store,
 )
 
-ALL = ("producer", "ingest", "watch", "bulk", "artifacts", "artifacts-ingest", "telemetry")
+ALL = ("producer", "ingest", "watch", "bulk", "artifacts", "artifacts-ingest", "telemetry", "workers", "bulk-pg", "ship")
 BULK_SCRIPT = BENCH_DIR / "bench_bulk.py"
 
 
@@ -80,6 +84,18 @@ def run_section(name: str, *, quick: bool, work: Path, template: Path | None) ->
         import bench_telemetry
 
         return bench_telemetry.run(quick=quick, work=work / "telemetry", template=template), ""
+    if name == "workers":
+        import bench_workers
+
+        return bench_workers.run_server(quick=quick, work=work / "workers"), ""
+    if name == "bulk-pg":
+        import bench_workers
+
+        return bench_workers.run_bulk_pg(quick=quick, work=work / "bulk-pg"), ""
+    if name == "ship":
+        import bench_ship
+
+        return bench_ship.run(quick=quick, work=work / "ship"), ""
     raise ValueError(name)
 
 

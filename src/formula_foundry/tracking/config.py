@@ -181,6 +181,11 @@ class IngestConfig:
     sink: str = _key("auto", choices=SINKS)
     sqlite_busy_timeout_seconds: float = _key(30.0, bounds=(0.0, _DAY))
     journal_budget: int = _key(0, bounds=(0, 10**14), unit="bytes")  # doctor warns above it; 0: off
+    # Concurrent journal streams of a batch ingest (--workers); 0: auto (1 on SQLite, 4 otherwise).
+    workers: int = _key(0, bounds=(0, 64), unit="workers")
+    # Central ingest of shipped journals (--root s3://...): the cross-machine lease's time to live;
+    # renewed every third of it, taken over by another central ingester once it has run out.
+    lease_seconds: float = _key(30.0, bounds=(1.0, 3600.0))
     watch: WatchConfig = _key(factory=WatchConfig)
 
 

@@ -8,10 +8,12 @@ created parents before children, and a run's own journal before the segments
 that attach to it, whatever order the files were found in. A journal whose
 parent (or owner) run is neither in this pass nor in the store waits.
 
-Per journal: find the MLflow run (the checkpoint remembers it; after a crash,
-the ``ff.run_id`` tag finds it; otherwise create it with that tag), then
-stream records through :class:`~.plan.BatchBuilder` and commit each batch with
-the checkpoint it completes. A corrupt line, a sequence gap or a record that
+Per journal, in two steps: :meth:`Replayer.start_journal` finds the MLflow run
+(the checkpoint remembers it; after a crash, the ``ff.run_id`` tag finds it;
+otherwise create it with that tag), then :meth:`Replayer.stream` streams records
+through :class:`~.plan.BatchBuilder` and commits each batch with the checkpoint
+it completes. (``ff-ingest --workers N``, :mod:`.parallel`, starts every journal
+first, then streams independent ones concurrently.) A corrupt line, a sequence gap or a record that
 does not match the schema of its type (:mod:`.schema`) stops that journal
 after committing everything before it; the other journals go on.
 
@@ -44,7 +46,7 @@ from formula_foundry.tracking.ingest.schema import RecordChecker, RecordSchemaEr
 from formula_foundry.tracking.ingest.sink import Batch, Checkpoint, Sink
 from formula_foundry.tracking.journal import JournalReader, ReadPosition
 
-__all__ = ["Header", "JournalReport", "PassReport", "Replayer", "read_header"]
+__all__ = ["Header", "JournalReport", "PassReport", "Replayer", "Started", "read_header"]
 
 TAG_PARENT = "mlflow.parentRunId"
 
@@ -77,6 +79,24 @@ class JournalReport:
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # corrupt lines passed over with --skip-corrupt
     uploads: list[tuple[str, int]] = field(default_factory=list)  # (artifact path, bytes) uploaded (dry run: to upload)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A journal ready to stream (:meth:`Replayer.start_journal`): its MLflow run exists."""
+
+    header: Header
+    report: JournalReport  # filled in by the stream
+    base: Checkpoint  # where the stream begins (its ``mlflow_run_id`` set)
+
+    @property
+    def mlflow_run_id(self) -> str:
+        return self.base.mlflow_run_id
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the journal beyond its checkpoint (what the stream reads)."""
+        return max(0, (file_size(self.header.path) or 0) - self.base.position.offset)
 
 
 @dataclass
@@ -202,12 +222,25 @@ class Replayer:
         self.clock = clock
         self.run_map: dict[str, str] = {}  # producer run id -> MLflow run id
         self._params: dict[str, dict[str, str]] = {}  # MLflow run id -> params known to be stored
+        self._looped: set[str] = set()  # runs on a loop of parent links (found by the last plan())
 
     # -- one pass -------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[Path]) -> PassReport:
         started = self.clock()
         report = PassReport()
+        for header in self.plan(paths, report):
+            report.journals.append(self.ingest_journal(header))
+        report.elapsed = self.clock() - started
+        return report
+
+    def plan(self, paths: Iterable[Path], report: PassReport) -> list[Header]:
+        """The headers of ``paths`` in the order to ingest them (parents first, owners before segments).
+
+        A journal that cannot be planned (its file unreadable, its first record incomplete or
+        corrupt) gets its report in ``report`` now; a run on a loop of parent links is remembered
+        (:meth:`start_journal` reports it).
+        """
         headers: list[Header] = []
         for path in paths:
             try:
@@ -222,17 +255,8 @@ class Replayer:
                                                      pending_bytes=(file_size(path) or 0)))
                 continue
             headers.append(header)
-        looped = parent_loops(headers)
-        for header in order_headers(headers):
-            if header.kind == "run_start" and header.run_id in looped:
-                report.journals.append(JournalReport(
-                    path=header.path, journal_id=header.journal_id, run_id=header.run_id, state="error",
-                    errors=[f"{header.path}:1 (byte offset 0): parent_run_id {header.parent_run_id} makes run "
-                            f"{header.run_id} its own ancestor (a loop of parent runs); it cannot be created"]))
-                continue
-            report.journals.append(self.ingest_journal(header))
-        report.elapsed = self.clock() - started
-        return report
+        self._looped = parent_loops(headers)
+        return order_headers(headers)
 
     def pending_bytes(self, path: Path, journal_id: str | None) -> int:
         """Bytes of ``path`` beyond its checkpoint (what an ingest would read)."""
@@ -303,8 +327,21 @@ class Replayer:
                                  "was not applied (a param has one value per run)")
 
     def ingest_journal(self, header: Header) -> JournalReport:
+        """One journal, from its checkpoint to its last complete record: :meth:`start_journal`, then :meth:`stream`."""
+        started = self.start_journal(header)
+        return started if isinstance(started, JournalReport) else self.stream(started)
+
+    def start_journal(self, header: Header) -> Started | JournalReport:
+        """Everything before the first record: the checkpoint, the continuity check, the MLflow run
+        (found, or created with its ``ff.run_id`` tag). Returns the journal's final report when it ends
+        here (up to date, an impostor, waiting for its parent or owner, a dry run, an error)."""
         path = header.path
         jr = JournalReport(path=path, journal_id=header.journal_id, run_id=header.run_id)
+        if header.kind == "run_start" and header.run_id in self._looped:
+            jr.state = "error"
+            jr.errors.append(f"{path}:1 (byte offset 0): parent_run_id {header.parent_run_id} makes run "
+                             f"{header.run_id} its own ancestor (a loop of parent runs); it cannot be created")
+            return jr
         cp = self.sink.checkpoints.get(header.journal_id)
         base = cp or Checkpoint(journal_id=header.journal_id, path=str(path), run_id=header.run_id)
         size = file_size(path) or 0
@@ -329,7 +366,14 @@ class Replayer:
         if mlflow_run_id is None:
             return jr
         jr.mlflow_run_id = mlflow_run_id
-        base = replace(base, path=str(path), mlflow_run_id=mlflow_run_id)
+        return Started(header=header, report=jr, base=replace(base, path=str(path), mlflow_run_id=mlflow_run_id))
+
+    def stream(self, started: Started) -> JournalReport:
+        """The records of a started journal from its checkpoint, committed batch by batch with the
+        checkpoint each batch completes. Any :class:`Replayer` on the same store may stream a journal
+        that another one started (see :mod:`.parallel`)."""
+        header, jr, base = started.header, started.report, started.base
+        path, mlflow_run_id = header.path, started.mlflow_run_id
         reader = JournalReader(path)
         builder = BatchBuilder(self.limits, start=base.position,
                                dedupe=not self.sink.absorbs_repeated_metrics,

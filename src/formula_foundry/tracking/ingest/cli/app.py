@@ -8,6 +8,7 @@ Usage::
     ff-ingest doctor [--json]              # health of config, store, artifact store, backlog
     ff-ingest check --task ID              # runs against the acceptance registry
     ff-ingest prune [--older-than 7d] [--archive DIR] [--dry-run]   # delete/archive ended, ingested journals
+    ff-ingest ship --to URI [--watch] [--status]   # ship journals and blobs to s3://... or a shared folder
 
 Exit codes (for scripts), the same for every command:
 
@@ -16,8 +17,8 @@ Exit codes (for scripts), the same for every command:
 1    at least one journal had an error (corrupt record, rejection, conflict);
      every other journal was still ingested
 2    usage or configuration error
-3    the tracking store is unreachable or cannot take data (down, locked, out of
-     disk): nothing is lost, rerun later
+3    the tracking store (or, for ``ship``, the object store) is unreachable or
+     cannot take data (down, locked, out of disk): nothing is lost, rerun later
 4    MLflow is not installed (``pip install 'formula-foundry[tracking]'``)
 5    another ingester already serves this store
 130  interrupted (Ctrl-C); checkpoints are consistent, rerun to continue
@@ -29,6 +30,7 @@ stdout as ``{"error": {"kind": ..., "exit_code": ..., "message": ...}}``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -44,12 +46,7 @@ from formula_foundry.errors import (
     StoreUnavailableError,
 )
 from formula_foundry.tracking.ingest.cli import INSTALL_HINT
-from formula_foundry.tracking.ingest.cli.check import check_command
-from formula_foundry.tracking.ingest.cli.doctor import doctor_command
-from formula_foundry.tracking.ingest.cli.ingest import ingest_command
-from formula_foundry.tracking.ingest.cli.prune import prune_command
-from formula_foundry.tracking.ingest.cli.status import status_command
-from formula_foundry.tracking.ingest.cli.view import view_command
+from formula_foundry.tracking.ingest.objects import ObjectStoreError
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -59,6 +56,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (ConfigError, EXIT_USAGE, "config", "config error: "),
     (MlflowMissingError, EXIT_NO_MLFLOW, "mlflow_missing", ""),
+    (ObjectStoreError, EXIT_UNAVAILABLE, "destination_unavailable", "object store unavailable: "),
     (StoreUnavailableError, EXIT_UNAVAILABLE, "store_unavailable", "tracking store unavailable: "),
     (IngesterLockedError, EXIT_LOCKED, "locked", ""),
     (IngestError, EXIT_USAGE, "usage", "error: "),  # e.g. --sink bulk against an HTTP store
@@ -67,21 +65,46 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str, str], ...] = (
 _UNAVAILABLE_NOTE = (" (nothing is lost: the journals keep everything; run again when the store is back)")
 
 
+# Each command's module, imported when the command runs (or help lists it): ``ff-ingest ship`` needs
+# neither MLflow nor SQLAlchemy, so a compute node ships with the base package, click and boto3.
+COMMANDS = {
+    "ingest": "formula_foundry.tracking.ingest.cli.ingest:ingest_command",
+    "view": "formula_foundry.tracking.ingest.cli.view:view_command",
+    "status": "formula_foundry.tracking.ingest.cli.status:status_command",
+    "doctor": "formula_foundry.tracking.ingest.cli.doctor:doctor_command",
+    "check": "formula_foundry.tracking.ingest.cli.check:check_command",
+    "prune": "formula_foundry.tracking.ingest.cli.prune:prune_command",
+    "ship": "formula_foundry.tracking.ingest.cli.ship:ship_command",
+}
+
+
 class IngestGroup(click.Group):
     """A group whose default command is ``ingest``: ``ff-ingest [PATHS] [OPTIONS]`` ingests.
 
     Anything that is not a subcommand name (an option, a path) goes to ``ingest``;
-    ``ff-ingest ingest status`` ingests a path named ``status``.
+    ``ff-ingest ingest status`` ingests a path named ``status``. Commands are
+    imported on first use (:data:`COMMANDS`).
     """
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            module, _, name = COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), name), cmd_name)
+        return self.commands[cmd_name]
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help", "--version")):
+        if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version")):
             args = ["ingest", *args]
         return super().parse_args(ctx, args)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_options(ctx, formatter)
-        ingest = self.commands["ingest"]
+        ingest = self.get_command(ctx, "ingest")
         rows = [row for param in ingest.get_params(ctx) if (row := param.get_help_record(ctx)) is not None]
         with formatter.section("Options of ingest (the default command)"):
             formatter.write_dl(rows)
@@ -99,14 +122,11 @@ def cli() -> None:
     ff-ingest doctor                 health of config, store, artifact store, backlog
     ff-ingest check --task ID        runs against the acceptance registry
     ff-ingest prune                  delete or --archive ended, fully ingested, idle journals
+    ff-ingest ship --to URI          send new journal bytes and blobs to S3 or a shared folder
 
     Exit codes: 0 ok, 1 journal errors, 2 usage/config, 3 store unavailable,
     4 MLflow missing, 5 another ingester holds the store, 130 interrupted.
     """
-
-
-for _command in (ingest_command, view_command, status_command, doctor_command, check_command, prune_command):
-    cli.add_command(_command)
 
 
 def _wants_json(argv: list[str]) -> bool:

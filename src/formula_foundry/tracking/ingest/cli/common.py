@@ -21,7 +21,9 @@ _COMMON = [
     click.option("--tracking-uri", default=None,
                  help="Tracking store (default: tracking.backend_store_uri, or $MLFLOW_TRACKING_URI)."),
     click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False),
-                 help="Journal root to scan instead of the configured ones (repeatable)."),
+                 help="Journal root to scan instead of the configured ones (repeatable); or, alone, a ship "
+                      "destination to ingest centrally (s3://bucket/prefix, file://..., a folder holding "
+                      "ff-ship.json)."),
     click.option("--log-level", default="warning", show_default=True,
                  type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)),
 ]

@@ -1,4 +1,9 @@
-"""``ff-ingest [PATHS...]``: the batch backfill (and ``--watch``, the daemon of :mod:`..watch`)."""
+"""``ff-ingest [PATHS...]``: the batch backfill (and ``--watch``, the daemon of :mod:`..watch`).
+
+A shipped ``--root`` (``s3://bucket/prefix``, ``file://...``, a folder holding ``ff-ship.json``) is
+ingested centrally: :mod:`.central` mirrors it and runs :func:`run_batch` over the mirror under the
+central lease (or the daemon of :mod:`..central`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ from pathlib import Path
 import click
 
 from formula_foundry.tracking.config import Config
+from formula_foundry.tracking.ingest.cli.central import central_ingest, refuse_mirrored, shipped_root
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, require_mlflow, setup_logging
 from formula_foundry.tracking.ingest.discover import discover, journal_id_of
 from formula_foundry.tracking.ingest.cli.selection import selection_from, selection_options
+from formula_foundry.tracking.ingest.parallel import ingest_parallel, workers_for
 from formula_foundry.tracking.ingest.replay import JournalReport, PassReport, Replayer
 from formula_foundry.tracking.ingest.select import Selection, select
 from formula_foundry.tracking.ingest.sink import Sink
@@ -33,35 +40,55 @@ __all__ = ["ingest_command", "run_batch"]
               help="Go on past corrupt lines instead of stopping the journal there (each skip is reported).")
 @click.option("--watch", is_flag=True, help="Run as a daemon: catch up, then follow the journal roots.")
 @click.option("--polling", is_flag=True, default=None, help="With --watch: poll instead of inotify (NFS).")
+@click.option("--workers", type=click.IntRange(0, 64), default=None, metavar="N",
+              help="Journals replayed concurrently, each on its own store connection (config ingest.workers; "
+                   "0: auto, 1 on SQLite, 4 on PostgreSQL and HTTP). --watch and --dry-run use one.")
+@click.option("--wait-lease", is_flag=True,
+              help="With a shipped --root: wait for another central ingester's lease instead of exiting 5.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, summary only on errors.")
 @selection_options
 def ingest_command(paths, config_path, tracking_uri, roots, log_level, sink, dry_run, skip_corrupt, watch,
-                   polling, as_json, quiet, run_ids, experiment, since, until):
+                   polling, workers, wait_lease, as_json, quiet, run_ids, experiment, since, until):
     """Replay tracking journals into MLflow, exactly once.
 
     With no PATHS, every journal under the configured roots is ingested
     (--run-id/--experiment/--since/--until: only the journals whose header matches).
     """
     setup_logging(log_level)
-    cfg = load(config_path, roots, tracking_uri)
+    shipped = shipped_root(roots)
+    if shipped and paths:
+        raise click.UsageError("a shipped --root is ingested as a whole: give no PATHS with it")
+    refuse_mirrored(paths)
+    cfg = load(config_path, () if shipped else roots, tracking_uri)
     selection = selection_from(run_ids, experiment, since, until)
     if watch and selection:
         raise click.UsageError("--watch follows every journal: --run-id/--experiment/--since/--until are for a "
                                "batch ingest")
     require_mlflow()
+    if shipped:
+        return central_ingest(cfg, shipped, tracking_uri=tracking_uri, sink=sink, watch=watch, dry_run=dry_run,
+                              wait_lease=wait_lease, skip_corrupt=skip_corrupt, quiet=quiet or as_json,
+                              batch=lambda mirrored: run_batch(
+                                  mirrored, paths=[], tracking_uri=tracking_uri, sink=sink, dry_run=dry_run,
+                                  skip_corrupt=skip_corrupt, as_json=as_json, quiet=quiet, selection=selection,
+                                  workers=workers))
     if watch:
         return run_daemon(cfg, tracking_uri=tracking_uri, sink=sink, polling=polling,
                           skip_corrupt=skip_corrupt, extra_paths=[Path(p) for p in paths])
     return run_batch(cfg, paths=[Path(p) for p in paths], tracking_uri=tracking_uri, sink=sink,
                      dry_run=dry_run, skip_corrupt=skip_corrupt, as_json=as_json, quiet=quiet,
-                     selection=selection)
+                     selection=selection, workers=workers)
 
 
 def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None, sink: str | None = None,
               dry_run: bool = False, skip_corrupt: bool = False, as_json: bool = False,
-              quiet: bool = False, selection: Selection = Selection()) -> int:
-    """One pass over every journal (or ``paths``); returns 0, or 1 when a journal had an error."""
+              quiet: bool = False, selection: Selection = Selection(), workers: int | None = None) -> int:
+    """One pass over every journal (or ``paths``); returns 0, or 1 when a journal had an error.
+
+    ``workers``: concurrent journal streams (:mod:`..parallel`); None: ``ingest.workers``; 0: auto
+    (:func:`~..parallel.workers_for`). A dry run uses one.
+    """
     uri = tracking_uri or cfg.tracking.backend_store_uri
     skipped: list[JournalReport] = []  # special files and symlinks named like journals: reported, not read
     journals = discover(cfg.journal_roots if not paths else (), paths, on_skip=lambda path, reason: skipped.append(
@@ -74,8 +101,13 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
         _print_summary(report, journals=len(journals), uri=redact(uri), as_json=as_json, quiet=quiet,
                        dry_run=True, sink_kind=sink or cfg.ingest.sink)
         return 0 if report.ok else 1
+    streams = workers_for(cfg.ingest.workers if workers is None else workers, uri)
+
+    def opened() -> Sink:  # the store's sink: one for this thread, and one per worker
+        return open_sink(cfg, tracking_uri=uri, sink=sink)
+
     with store_lock(cfg, uri):
-        store = open_sink(cfg, tracking_uri=uri, sink=sink)
+        store = opened()
         try:
             bar = None
             replayer = Replayer(store, skip_corrupt=skip_corrupt)
@@ -86,7 +118,10 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
                 bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingesting", file=sys.stderr)
                 replayer.on_progress = bar.update
             try:
-                report = replayer.ingest(journals)
+                if streams > 1:
+                    report = ingest_parallel(replayer, journals, workers=streams, open_sink=opened)
+                else:
+                    report = replayer.ingest(journals)
             finally:
                 if bar is not None:
                     bar.close()
@@ -94,7 +129,7 @@ def run_batch(cfg: Config, *, paths: list[Path], tracking_uri: str | None = None
             store.close()
     report.journals += skipped
     _print_summary(report, journals=len(journals), uri=store.display_uri, as_json=as_json, quiet=quiet,
-                   dry_run=False, sink_kind=store.kind)
+                   dry_run=False, sink_kind=store.kind, workers=streams)
     return 0 if report.ok else 1
 
 
@@ -122,12 +157,13 @@ class _DryRunSink(Sink):
 
 
 def _print_summary(report: PassReport, *, journals: int, uri: str, as_json: bool, quiet: bool, dry_run: bool,
-                   sink_kind: str) -> None:
+                   sink_kind: str, workers: int = 1) -> None:
     rate = report.records / report.elapsed if report.elapsed > 0 else 0.0
     pending = [j for j in report.journals if j.pending_bytes or j.state in ("pending", "waiting")]
     if as_json:
         click.echo(json.dumps({
-            "store": uri, "sink": sink_kind, "dry_run": dry_run, "journals": journals, "records": report.records,
+            "store": uri, "sink": sink_kind, "workers": workers, "dry_run": dry_run, "journals": journals,
+            "records": report.records,
             "runs_created": report.runs_created, "runs_updated": report.runs_updated,
             "uploads": report.uploads, "upload_bytes": report.upload_bytes,
             "elapsed_s": round(report.elapsed, 3),
@@ -152,7 +188,8 @@ def _print_summary(report: PassReport, *, journals: int, uri: str, as_json: bool
     if report.uploads:
         uploads = (f", {report.uploads} artifact files ({human_bytes(report.upload_bytes)}) "
                    f"{'to upload' if dry_run else 'uploaded'}")
-    click.echo(f"{verb} {report.records} records from {journals} journals into {uri} ({sink_kind} sink): "
+    streams = f", {workers} workers" if workers > 1 else ""
+    click.echo(f"{verb} {report.records} records from {journals} journals into {uri} ({sink_kind} sink{streams}): "
                f"{report.runs_created} runs {'to create' if dry_run else 'created'}, {report.runs_updated} "
                f"updated{uploads}, {len(report.failed)} with "
                f"errors, {len(pending)} pending; {report.elapsed:.2f} s, {rate:,.0f} records/s")

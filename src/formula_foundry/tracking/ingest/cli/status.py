@@ -26,7 +26,13 @@ the state and the last error. States, first match wins:
 ===========  ===================================================================
 
 Below the table: the journals' bytes on disk, and what ``ff-ingest prune`` with
-its default ``--older-than`` would free now. ``--run-id/--experiment/--since/--until``
+its default ``--older-than`` would free now.
+
+With a shipped ``--root`` (``s3://bucket/prefix``, a shipped folder) the journals are
+those of this machine's mirror of it (``status`` syncs nothing: the central ingester
+does), the API sink's checkpoints are read from the destination, and a ``central``
+section adds what the destination holds beyond the mirror (one listing) and who
+holds the central lease (:mod:`..lease`). ``--run-id/--experiment/--since/--until``
 show only the journals they select (:mod:`..select`).
 
 Exit code: 0, or 1 when at least one journal is in ``error``.
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,20 +51,24 @@ import click
 from formula_foundry.tracking.config import Config
 from formula_foundry.errors import JournalError
 from formula_foundry.tracking.framing import FrameError, unframe
+from formula_foundry.tracking.ingest.cli.central import shipped_root
 from formula_foundry.tracking.ingest.cli.common import common, human_bytes, load, setup_logging
 from formula_foundry.tracking.ingest.cli.selection import selection_from, selection_options
 from formula_foundry.tracking.ingest.continuity import mismatch
 from formula_foundry.tracking.ingest.prune import DEFAULT_OLDER_THAN, Facts, is_held, keep_reason, parse_duration
 from formula_foundry.tracking.ingest.select import Selection, select
 from formula_foundry.tracking.ingest.discover import discover, journal_id_of
+from formula_foundry.tracking.ingest.lease import read_lease
+from formula_foundry.tracking.ingest.objects import ObjectStore, ObjectStoreError, open_objects
+from formula_foundry.tracking.ingest.ship.mirror import Mirror
 from formula_foundry.tracking.ingest.stores.connect import open_checkpoints, state_dir
 from formula_foundry.tracking.ingest.stores.lock import LOCK_FILE
-from formula_foundry.tracking.ingest.uri import redact
+from formula_foundry.tracking.ingest.uri import redact, store_key
 from formula_foundry.tracking.journal import open_journal_stream
 from formula_foundry.tracking.ingest import watch
 from formula_foundry.tracking.ingest.sink import Checkpoint
 
-__all__ = ["JournalStatus", "Lag", "StatusReport", "collect", "scan_lag", "status_command"]
+__all__ = ["JournalStatus", "Lag", "StatusReport", "central_status", "collect", "scan_lag", "status_command"]
 
 STATES = ("error", "missing", "finished", "waiting", "pending", "stale", "running")
 _CHUNK = 1 << 20
@@ -97,6 +107,7 @@ class StatusReport:
     journal_bytes: int = 0  # bytes of the journal files on disk (archived .gz: compressed)
     prunable_bytes: int = 0  # what ``ff-ingest prune`` (default --older-than) would free now
     prunable: int = 0  # ... in that many journals
+    central: dict | None = None  # a shipped root: source, mirror, backlog, lease (see central_status)
 
     def counts(self) -> dict[str, int]:
         out = {state: 0 for state in STATES}
@@ -114,6 +125,7 @@ class StatusReport:
                 "artifact_bytes_pending": sum(j.artifact_bytes_pending for j in self.journals),
                 "disk": {"journal_bytes": self.journal_bytes, "prunable_bytes": self.prunable_bytes,
                          "prunable_journals": self.prunable, "prune_older_than": DEFAULT_OLDER_THAN},
+                **({"central": self.central} if self.central is not None else {}),
                 "journals": [asdict(j) for j in self.journals]}
 
 
@@ -372,7 +384,46 @@ def render_table(report: StatusReport, *, root: Path | None = None) -> str:
     lines.append(f"disk: {human_bytes(report.journal_bytes)} of journals; prune (--older-than {DEFAULT_OLDER_THAN}) "
                  f"would free {human_bytes(report.prunable_bytes)} ({report.prunable} journals)")
     lines.append(f"store: {report.store}; daemon: {daemon}; checkpoints: {report.checkpoints}")
+    if report.central is not None:
+        lines.append(_central_line(report.central))
     return "\n".join(lines)
+
+
+def _central_line(central: dict) -> str:
+    backlog = central.get("backlog")
+    if backlog is None:
+        behind = f"not listed ({central.get('error')})"
+    else:
+        behind = f"{backlog['journals']} journals shipped, " + (
+            f"{backlog['unmirrored_journals']} with {human_bytes(backlog['unmirrored_bytes'])} not mirrored yet"
+            if backlog["unmirrored_journals"] else "all mirrored")
+    lease = central.get("lease")
+    if lease is None:
+        held = "free (never taken)" if backlog is not None else "unknown"
+    elif lease["held"]:
+        held = f"held by {lease['holder']} until {lease['expires']}"
+    else:
+        held = f"free (last held by {lease['holder']})"
+    return f"central: {central['source']} -> mirror {central['mirror']}: {behind}; lease: {held}"
+
+
+def central_status(mirror: Mirror, objects: ObjectStore, tracking_uri: str, *, now: float | None = None) -> dict:
+    """The ``central`` section of a shipped root's report: what is not mirrored yet, and the lease."""
+    now = time.time() if now is None else now
+    out: dict = {"source": objects.display_uri, "mirror": str(mirror.folder), "backlog": None, "lease": None}
+    try:
+        backlog = mirror.backlog()
+        out["backlog"] = {"journals": backlog.journals, "unmirrored_journals": backlog.unmirrored_journals,
+                          "unmirrored_bytes": backlog.unmirrored_bytes}
+        lease = read_lease(objects, store_key(tracking_uri))
+    except ObjectStoreError as exc:
+        out["error"] = str(exc)
+        return out
+    if lease is not None:
+        out["lease"] = {"holder": lease.holder, "held": not lease.free(int(now * 1000)),
+                        "expires": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease.expires_ms / 1000)),
+                        "expires_ms": lease.expires_ms, "released": lease.released}
+    return out
 
 
 @click.command(name="status")
@@ -386,8 +437,17 @@ def status_command(config_path, tracking_uri, roots, log_level, as_json, run_ids
     store is unreachable. Exit code 1 when a journal is in error.
     """
     setup_logging(log_level)
-    cfg = load(config_path, roots, tracking_uri)
-    report = collect(cfg, tracking_uri, selection=selection_from(run_ids, experiment, since, until))
+    shipped = shipped_root(roots)
+    cfg = load(config_path, () if shipped else roots, tracking_uri)
+    selection = selection_from(run_ids, experiment, since, until)
+    if shipped:
+        uri = tracking_uri or cfg.tracking.backend_store_uri
+        with open_objects(shipped) as objects:
+            mirror = Mirror.open(objects, cfg.ingest.state_dir)
+            report = replace(collect(mirror.info.config(cfg), uri, selection=selection),
+                             central=central_status(mirror, objects, uri))
+    else:
+        report = collect(cfg, tracking_uri, selection=selection)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

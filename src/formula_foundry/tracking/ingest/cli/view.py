@@ -17,6 +17,8 @@ __all__ = ["view_command"]
 def view_command(journal, as_json):
     """Print a journal's records readably (checksums verified; problems named by line and offset).
 
+    A shipped journal: view its central mirror's file (ff-ingest status --root s3://... lists them).
+
     Exit codes: 0, or 1 when a line is corrupt.
     """
     reader = JournalReader(journal)

@@ -7,6 +7,14 @@ notice; ``api`` and ``bulk`` force one. Readers (``status``, ``doctor``,
 
 MLflow is imported by the modules this one opens, inside the functions that
 open them: ``status`` must work without MLflow installed.
+
+A journal root that is the mirror of a ship destination (``ff-ingest --root
+s3://...``, :mod:`..ship.mirror`) is ingested only under the central lease this
+process holds (:func:`..lease.held`): every sink opened for it is a
+:class:`~..lease.FencedSink`, the mirror's blobs are a blob root, and the API
+sink keeps its checkpoints in the destination
+(:class:`~.object_checkpoints.ObjectCheckpoints`), so that the next central
+machine continues from them. The bulk sink keeps its own, in the store.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from pathlib import Path
 
 from formula_foundry.errors import IngestError
 from formula_foundry.tracking.config import Config, sqlite_path_of
+from formula_foundry.tracking.ingest.lease import FencedSink, Lease, held
+from formula_foundry.tracking.ingest.objects import open_objects
+from formula_foundry.tracking.ingest.ship.mirror import MirrorInfo, mirror_of
 from formula_foundry.tracking.ingest.sink import CheckpointStore, Sink
 from formula_foundry.tracking.ingest.store_errors import store_errors
 from formula_foundry.tracking.ingest.stores.checkpoints import (
@@ -27,9 +38,11 @@ from formula_foundry.tracking.ingest.stores.checkpoints import (
 )
 from formula_foundry.tracking.ingest.stores.engine import make_engine, reading
 from formula_foundry.tracking.ingest.stores.lock import StoreLock
+from formula_foundry.tracking.ingest.stores.object_checkpoints import ObjectCheckpoints
 from formula_foundry.tracking.ingest.uri import is_http, redact, scheme, store_key
 
-__all__ = ["blob_roots", "open_bulk_sink", "open_checkpoints", "open_sink", "read_checkpoints", "state_dir", "store_lock"]
+__all__ = ["blob_roots", "central_lease", "open_bulk_sink", "open_checkpoints", "open_sink", "read_checkpoints",
+           "state_dir", "store_lock"]
 
 log = logging.getLogger("formula_foundry.ingest")
 BULK_BACKENDS = ("sqlite", "postgresql")
@@ -53,22 +66,39 @@ def open_sink(config: Config, *, tracking_uri: str | None = None, sink: str | No
     uri = tracking_uri or config.tracking.backend_store_uri
     choice = sink or config.ingest.sink
     folder = state_dir(config, uri)
+    mirror = mirror_of(config.journal.root)
+    lease = None if mirror is None else central_lease(mirror, uri)
     config.ensure_dirs()
     if choice == "bulk" and is_http(uri):
         raise IngestError(f"--sink bulk needs a SQL store; {redact(uri)} is served over HTTP")
+    opened: Sink | None = None
     if choice in ("auto", "bulk") and not is_http(uri):
         opened = open_bulk_sink(config, uri, folder, forced=choice == "bulk")
-        if opened is not None:
-            return opened
-    api = MlflowApi(uri, artifact_root_uri=config.tracking.artifact_root_uri,
-                    sqlite_busy_timeout=config.ingest.sqlite_busy_timeout_seconds)
-    return MlflowSink(api, open_checkpoint_file(folder), blob_roots=blob_roots(config))
+    if opened is None:
+        api = MlflowApi(uri, artifact_root_uri=config.tracking.artifact_root_uri,
+                        sqlite_busy_timeout=config.ingest.sqlite_busy_timeout_seconds)
+        checkpoints = open_checkpoint_file(folder) if lease is None else ObjectCheckpoints(
+            lease.objects, store_key(uri), journal_root=mirror.journal_root, fence=lease.check)
+        opened = MlflowSink(api, checkpoints, blob_roots=blob_roots(config))
+    return opened if lease is None else FencedSink(opened, lease)
+
+
+def central_lease(mirror: MirrorInfo, tracking_uri: str) -> Lease:
+    """The lease this process holds to ingest ``mirror`` into the store; IngestError when it holds none
+    (the mirror's folder was named as a root instead of its destination)."""
+    lease = held(mirror.source, store_key(tracking_uri))
+    if lease is None:
+        raise IngestError(f"{mirror.journal_root} is the mirror of the ship destination {mirror.source}: ingest "
+                          f"it with ff-ingest --root {mirror.source}, which holds the central lease")
+    return lease
 
 
 def blob_roots(config: Config) -> tuple[Path, ...]:
     """Where uploads look for a blob that is not in the store its record names (a project that moved):
-    the configured content-addressed store, ``journal.artifact_store``."""
-    return (config.journal.artifact_store,)
+    the configured content-addressed store, ``journal.artifact_store``; for a mirrored root, first
+    the mirror's blobs (the producer's store is on another host)."""
+    mirror = mirror_of(config.journal.root)
+    return (config.journal.artifact_store,) if mirror is None else (mirror.blob_root, config.journal.artifact_store)
 
 
 def open_bulk_sink(config: Config, uri: str, state_folder: Path, forced: bool) -> Sink | None:
@@ -145,8 +175,18 @@ def open_checkpoints(config: Config, tracking_uri: str | None = None) -> Checkpo
     """The checkpoints of one store for readers (see :func:`read_checkpoints`); creates nothing."""
     uri = tracking_uri or config.tracking.backend_store_uri
     folder = state_dir(config, uri)
-    in_file = MemoryCheckpoints(read_checkpoint_file(folder))
-    in_file.location = str(folder / "checkpoints.sqlite")
+    mirror = mirror_of(config.journal.root)
+    if mirror is None:
+        in_file = MemoryCheckpoints(read_checkpoint_file(folder))
+        in_file.location = str(folder / "checkpoints.sqlite")
+    else:  # the API sink's checkpoints of a mirrored root are in its destination (exit 3 when unreachable)
+        remote = ObjectCheckpoints(open_objects(mirror.source), store_key(uri), journal_root=mirror.journal_root,
+                                   owns_objects=True)
+        try:
+            in_file = MemoryCheckpoints(remote.all())
+            in_file.location = remote.location
+        finally:
+            remote.close()
     if config.ingest.sink == "api" or scheme(uri) not in BULK_BACKENDS:
         return in_file
     db = sqlite_path_of(uri)

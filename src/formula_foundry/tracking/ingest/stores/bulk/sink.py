@@ -41,15 +41,25 @@ Group commit: consecutive commits of one journal share one open transaction,
 committed when a batch is not full (a journal's tail), closes the journal,
 ends within 64 KiB of the journal file's end, or when the group is 2 s old or
 holds 500,000 rows; any other call (a checkpoint read, a run lookup, artifacts,
-``close``) commits it first. Each checkpoint row still sits in the transaction
-of its data: a SIGKILL loses the open group and its checkpoints together, and
+``close``) commits it first. The group's checkpoint row (its last batch's: it
+covers every batch before it) is written at that commit, in the transaction of
+its data: a SIGKILL loses the open group and its checkpoint together, and
 replay repeats it. A failed statement or commit rolls the whole group back.
 
 Stores: SQLite through our own engine on the same file (busy timeout
 ``ingest.sqlite_busy_timeout_seconds``; writes begin with ``BEGIN IMMEDIATE``,
-reads take no write lock); PostgreSQL with psycopg 3 COPYs a batch's metric rows
-into a temporary table made from ``SqlMetric``'s columns, then runs one
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (other drivers: executemany).
+reads take no write lock); PostgreSQL with psycopg 3 COPYs the group's metric
+rows (:data:`COPY_ROWS` at a time, each in a thread of its own so that PostgreSQL
+inserts while replay reads on, and the rest at the group's commit: few round trips)
+straight into ``metrics`` inside a savepoint: new points (the common case) cost
+PostgreSQL one pass. A chunk holding a point the store already has (a replay
+whose checkpoint was lost, a point logged twice) makes that COPY fail on
+MLflow's primary key; it is rolled back to the savepoint and sent again the
+idempotent way: COPY into a temporary table made from ``SqlMetric``'s columns,
+then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, for the rest of the
+group. A group holds at most :data:`GROUP_SAVEPOINTS` savepoints, so that
+PostgreSQL's per-backend cache of subtransactions never overflows (which would
+slow every other session's snapshots). Other drivers: executemany.
 A daemon that wants its last full batch visible at once calls :meth:`BulkSink.flush`.
 
 Schema guard: the store's alembic revision must be one this module was verified
@@ -103,6 +113,8 @@ __all__ = ["BulkSink"]
 GROUP_SECONDS = 2.0  # commit an open group at least this often
 GROUP_ROWS = 500_000  # ... and after this many metric rows
 TAIL_BYTES = 64 << 10  # a batch ending this close to the journal's end commits at once
+GROUP_SAVEPOINTS = 60  # PostgreSQL: direct COPYs (one savepoint each) per group; its backends cache 64 subxacts
+COPY_ROWS = 10_000  # PostgreSQL: metric rows of a group's batches sent in one COPY (few round trips)
 _CHUNK = 5_000  # rows per executemany call
 _RUN_NAME_TAG = "mlflow.runName"
 _first = operator.itemgetter(0)
@@ -146,8 +158,10 @@ class BulkSink(Sink):
         # SQLite: hand the driver plain tuples (SQLAlchemy's per-row processing costs ~50% more).
         self._metric_sql = str(compiled) if self.dialect == "sqlite" and order is not None \
             and tuple(order) == self._metric_cols else None
-        # PostgreSQL (psycopg 3): COPY into a temporary table shaped like MLflow's (its columns, from
-        # the model), then one INSERT ... SELECT ... ON CONFLICT DO NOTHING: ~2x executemany.
+        # PostgreSQL (psycopg 3): COPY straight into metrics in a savepoint (new points: one pass, ~40%
+        # less of PostgreSQL's CPU); on a primary-key clash, COPY into a temporary table shaped like
+        # MLflow's (its columns, from the model), then one INSERT ... SELECT ... ON CONFLICT DO NOTHING
+        # (~2x executemany). See the module docstring.
         self._staging = None
         if self.dialect == "postgresql" and engine.dialect.driver == "psycopg":
             self._staging = sa.Table("ff_ingest_metrics_in", sa.MetaData(),
@@ -156,6 +170,9 @@ class BulkSink(Sink):
             quote = engine.dialect.identifier_preparer.quote
             self._copy_sql = (f"COPY {quote(self._staging.name)} ({', '.join(map(quote, self._metric_cols))}) "
                               "FROM STDIN")
+            self._truncate_staging = f"TRUNCATE {quote(self._staging.name)}"
+            self._copy_metrics_sql = (f"COPY {quote(self._metrics.name)} ({', '.join(map(quote, self._metric_cols))}) "
+                                      "FROM STDIN")
             self._from_staging = insert(self._metrics).from_select(
                 list(self._metric_cols), sa.select(*[self._staging.c[c] for c in self._metric_cols])
             ).on_conflict_do_nothing()
@@ -187,6 +204,12 @@ class BulkSink(Sink):
         self._group_started = 0.0
         self._group_rows = 0
         self._group_checked = False  # the run is known to be active in this group
+        self._group_savepoints = 0  # direct COPYs into metrics in this group (PostgreSQL)
+        self._staged = False  # this group sends metrics through the staging table (it created it)
+        self._rows: list[tuple] = []  # PostgreSQL: the group's metric rows not sent yet (< COPY_ROWS)
+        self._sender: threading.Thread | None = None  # PostgreSQL: the COPY in flight (_send_rows)
+        self._sender_error: BaseException | None = None
+        self._group_checkpoint: Checkpoint | None = None  # the group's last checkpoint, written at its commit
         # Latest metrics of the group's run: key -> its latest row (key, value, timestamp, step[, is_nan]);
         # _stored_latest holds the rows read from the store: a row not among them is to be written.
         self._latest: dict[str, tuple] = {}
@@ -209,15 +232,18 @@ class BulkSink(Sink):
             self._group_started, self._group_rows = time.monotonic(), 0
             self._latest, self._stored_latest = {}, {}
             self._group_checked = False
-            if self._staging is not None:
-                self._staging.create(conn)  # dropped at the group's commit (or rollback)
+            self._group_savepoints, self._staged = 0, False
+            self._rows, self._group_checkpoint = [], None
         return self._conn
 
     def _abort(self) -> None:
         """Roll the open group back: its data and its checkpoints go together."""
+        with contextlib.suppress(BaseException):  # its error is this group's, being rolled back anyway
+            self._join_sender()
         conn, trans = self._conn, self._trans
         self._conn = self._trans = None
         self._latest, self._stored_latest = {}, {}
+        self._rows, self._group_checkpoint = [], None
         if conn is None:
             return
         with contextlib.suppress(Exception):  # the connection is being dropped anyway
@@ -232,6 +258,11 @@ class BulkSink(Sink):
             if self._conn is None:
                 return
             try:
+                self._join_sender()
+                if self._rows:
+                    self._send_rows(self._conn, wait=True)
+                if self._group_checkpoint is not None:  # the last one of the group: each covers all before it
+                    self._conn.execute(self.checkpoints.upsert, [to_row(self._group_checkpoint)])
                 self._write_latest(self._conn)
                 self._trans.commit()
             except BaseException as exc:
@@ -242,6 +273,7 @@ class BulkSink(Sink):
             conn = self._conn
             self._conn = self._trans = None
             self._latest, self._stored_latest = {}, {}
+            self._group_checkpoint = None
             conn.close()
 
     # -- Sink: the API side --------------------------------------------------------
@@ -346,8 +378,11 @@ class BulkSink(Sink):
                 self.api.write_console(mlflow_run_id, checkpoint)
             try:
                 conn = self._open(checkpoint.journal_id, mlflow_run_id)
-                if not self._group_checked and (batch.metrics or batch.params or batch.tags or batch.deleted_tags
-                                                  or batch.end):
+                check = not self._group_checked and bool(batch.metrics or batch.params or batch.tags
+                                                         or batch.deleted_tags or batch.end)
+                if check or batch.params or batch.deleted_tags or batch.tags or batch.end is not None:
+                    self._join_sender()  # statements below: the connection must be ours again
+                if check:
                     self._check_active(conn, mlflow_run_id)  # as log_batch / set_terminated check
                     self._group_checked = True
                 if batch.params:
@@ -369,7 +404,7 @@ class BulkSink(Sink):
                     status, end_time = batch.end
                     conn.execute(sa.update(self._runs).where(self._runs.c.run_uuid == mlflow_run_id)
                                  .values(status=status, end_time=end_time))
-                conn.execute(self.checkpoints.upsert, [to_row(checkpoint)])
+                self._group_checkpoint = checkpoint  # written by flush(), in this transaction
             except BaseException as exc:
                 self._abort()
                 if isinstance(exc, Exception):
@@ -388,6 +423,8 @@ class BulkSink(Sink):
         if not full or batch.closes_journal or batch.end is not None:
             return True
         if self._group_rows >= GROUP_ROWS or time.monotonic() - self._group_started >= GROUP_SECONDS:
+            return True
+        if self._group_savepoints >= GROUP_SAVEPOINTS:
             return True
         size = file_size(Path(checkpoint.path))  # uncompressed, for an archived journal too
         return size is None or size - checkpoint.position.offset < TAIL_BYTES
@@ -411,12 +448,10 @@ class BulkSink(Sink):
                 is_nan, value = sanitize(None, value)
             rows.append((key, value, timestamp, step, is_nan, run))
         self._update_latest(conn, run, [row[:5] for row in rows])
-        if self._staging is not None:
-            with conn.connection.driver_connection.cursor() as cursor, cursor.copy(self._copy_sql) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            conn.execute(self._from_staging)
-            conn.execute(sa.delete(self._staging))
+        if self._staging is not None:  # sent COPY_ROWS at a time, and by flush()
+            self._rows += rows
+            if len(self._rows) >= COPY_ROWS:
+                self._send_rows(conn, wait=False)  # while replay reads on
             return
         for i in range(0, len(rows), _CHUNK):
             chunk = rows[i:i + _CHUNK]
@@ -425,6 +460,66 @@ class BulkSink(Sink):
             else:
                 cols = self._metric_cols
                 conn.execute(self._metric_insert, [dict(zip(cols, row)) for row in chunk])
+
+    def _send_rows(self, conn: sa.Connection, *, wait: bool) -> None:
+        """PostgreSQL: send the group's pending metric rows; ``wait=False``: in a thread of its own, so
+        that PostgreSQL inserts them while replay reads the next records (one COPY in flight; every
+        other use of the connection first joins it: :meth:`_join_sender`)."""
+        self._join_sender()
+        rows, self._rows = self._rows, []
+        if wait:
+            self._copy_rows(conn, rows)
+            return
+
+        def send() -> None:
+            try:
+                self._copy_rows(conn, rows)
+            except BaseException as exc:  # noqa: BLE001 - raised in the sink's thread by _join_sender
+                self._sender_error = exc
+
+        self._sender = threading.Thread(target=send, name="ff-bulk-copy", daemon=True)
+        self._sender.start()
+
+    def _join_sender(self) -> None:
+        """Wait for the COPY in flight, if any; raise what it raised."""
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return
+        sender.join()
+        error, self._sender_error = self._sender_error, None
+        if error is not None:
+            raise error
+
+    def _copy_rows(self, conn: sa.Connection, rows: list[tuple]) -> None:
+        """``rows`` straight into ``metrics`` while no row of the group clashed, else through the staging
+        table (see the module docstring)."""
+        if not self._staged:
+            if self._copy_direct(conn, rows):
+                return
+            self._staging.create(conn)  # dropped at the group's commit (or rollback)
+            self._staged = True
+        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(self._copy_sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.execute(self._from_staging)
+        # TRUNCATE, not DELETE: deleted rows stay in the table's heap until the transaction ends, and
+        # every INSERT ... SELECT of the group would scan them again.
+        conn.exec_driver_sql(self._truncate_staging)
+
+    def _copy_direct(self, conn: sa.Connection, rows: list[tuple]) -> bool:
+        """PostgreSQL: COPY ``rows`` straight into ``metrics`` inside a savepoint. False (nothing written,
+        rolled back to the savepoint) when one of them is a point the store holds, or a repeat."""
+        from psycopg.errors import UniqueViolation
+
+        self._group_savepoints += 1
+        try:
+            with conn.begin_nested(), conn.connection.driver_connection.cursor() as cursor, \
+                    cursor.copy(self._copy_metrics_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except UniqueViolation:
+            return False
+        return True
 
     def _point_statement(self, run: str) -> str | None:
         """``INSERT INTO metrics ... VALUES (?, ?, ?, ?, false, '<run>') ON CONFLICT DO NOTHING`` from the model."""
@@ -456,6 +551,7 @@ class BulkSink(Sink):
         latest = self._latest
         missing = set(map(_first, rows)) - latest.keys()
         if missing:
+            self._join_sender()  # a query: the connection must be ours again
             t = self._latest_table
             names = sorted(missing)
             for i in range(0, len(names), 500):

@@ -1,4 +1,5 @@
-"""Real services on 127.0.0.1 for the server tests, started and stopped by the tests.
+"""Real services on 127.0.0.1, started and stopped by the tests (a pytest plugin: ``tests/conftest.py``
+loads it, so every test folder shares one pool of servers per session).
 
 * ``postgres_url`` - a fresh database ``ff_srv_<random>`` on the machine's PostgreSQL
   (``FF_POSTGRES_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``), dropped
@@ -8,6 +9,8 @@
   ``--artifacts-destination`` and ``--serve-artifacts``.
 * ``moto_s3`` - moto's standalone S3 server with one bucket; ``s3_mlflow_server`` - an
   ``mlflow server`` whose ``--artifacts-destination`` is ``s3://<bucket>/mlflow`` there.
+* ``pg_mlflow_server`` - ``mlflow server --workers 2`` over a PostgreSQL database of its own
+  (``ff_srvpg_<random>``, dropped at the end), local proxied artifacts: seed 003's team setup.
 
 Each server is a subprocess in its own process group (``mlflow server`` runs uvicorn as a
 child), waited for on ``/health`` (up to 90 s: a cold ``import mlflow`` on a busy 2-core
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import subprocess_env, with_database
+from tests.conftest import POSTGRES_ADMIN_URL, subprocess_env, with_database
 
 START_TIMEOUT = 90.0
 S3_ENV = {
@@ -115,11 +118,11 @@ class ServiceProcess:
 
 
 class MlflowServer:
-    def __init__(self, service: ServiceProcess, url: str, artifacts: Path | str, backend: Path) -> None:
+    def __init__(self, service: ServiceProcess, url: str, artifacts: Path | str, backend: Path | str) -> None:
         self.service = service
         self.url = url
         self.artifacts = artifacts  # a local folder, or an s3:// URI
-        self.backend = backend
+        self.backend = backend  # the SQLite file, or the PostgreSQL URL
 
 
 def _mlflow_server(tmp: Path, template_store: Path, artifacts: str, *, extra_env: dict[str, str] | None = None,
@@ -166,10 +169,12 @@ class _Pool:
         self.mlflow: MlflowServer | None = None
         self.moto: MotoS3 | None = None
         self.s3_mlflow: MlflowServer | None = None
+        self.pg_mlflow: MlflowServer | None = None
+        self.pg_database: tuple[str, str] | None = None  # (admin URL, database) to drop at the end
         self.ready: set[str] = set()
 
     def services(self) -> list[ServiceProcess]:
-        return [x.service for x in (self.mlflow, self.moto, self.s3_mlflow) if x is not None]
+        return [x.service for x in (self.mlflow, self.moto, self.s3_mlflow, self.pg_mlflow) if x is not None]
 
 
 @pytest.fixture(scope="session")
@@ -195,12 +200,61 @@ def _server_pool(request, tmp_path_factory, template_store) -> _Pool:
         if "mlflow_server" in wanted:
             tmp = tmp_path_factory.mktemp("mlflow-server")
             pool.mlflow = _mlflow_server(tmp, template_store, str(tmp / "artifacts"))
+        if "pg_mlflow_server" in wanted:
+            admin = _reachable_postgres()  # None: pg_mlflow_server skips (or fails) through postgres_admin
+            if admin is not None:
+                pool.pg_database = (admin, f"ff_srvpg_{uuid.uuid4().hex[:12]}")
+                pool.pg_mlflow = _pg_mlflow_server(tmp_path_factory.mktemp("mlflow-pg-server"), *pool.pg_database)
         yield pool
     finally:
         for service in pool.services():  # all at once, then wait for each
             service.terminate()
         for service in pool.services():
             service.stop()
+        if pool.pg_database is not None:
+            import psycopg
+
+            admin, name = pool.pg_database
+            with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _reachable_postgres() -> str | None:
+    """The admin URL when PostgreSQL answers, else None (``postgres_admin`` then says why)."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except Exception:  # noqa: BLE001 - any failure means "no server here"
+        return None
+    return POSTGRES_ADMIN_URL
+
+
+def _pg_mlflow_server(tmp: Path, admin: str, database: str) -> MlflowServer:
+    """Create ``database`` and start (without waiting) ``mlflow server --workers 2`` over it; the
+    server runs MLflow's migrations itself."""
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    backend = with_database(admin, database)
+    port = free_port()
+    env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+            "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "2"]
+    url = f"http://127.0.0.1:{port}"
+    service = ServiceProcess("mlflow server (PostgreSQL)", argv, env=env, log=tmp / "server.log",
+                             ready_url=f"{url}/health").start()
+    return MlflowServer(service, url, tmp / "artifacts", backend)
+
+
+@pytest.fixture(scope="session")
+def pg_mlflow_server(_server_pool, postgres_admin) -> MlflowServer:
+    """``mlflow server --workers 2`` over a PostgreSQL database of its own (``server.backend`` is its URL)."""
+    _server_pool.pg_mlflow.service.wait_ready(timeout=START_TIMEOUT + 60)  # it migrates an empty database
+    return _server_pool.pg_mlflow
 
 
 @pytest.fixture(scope="session")
@@ -263,6 +317,7 @@ def s3_client_env(moto_s3, monkeypatch) -> MotoS3:
     """This process as an S3 client of ``moto_s3`` (endpoint and credentials in the environment)."""
     for key, value in moto_s3.env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # MLFLOW_S3_ENDPOINT_URL is the one set
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     return moto_s3
