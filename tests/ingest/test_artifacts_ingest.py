@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +83,24 @@ def run_artifacts(project: Path, run_id: str) -> tuple[Path, dict[str, bytes]]:
 
 def in_flight_files(project: Path) -> list[Path]:
     return [p for p in (project / "data" / "mlflow" / "artifacts").rglob(f"{IN_FLIGHT}*")]
+
+
+def writing_unnamed(pid: int, project: Path) -> bool:
+    """Whether process ``pid`` holds a file without a name open in the artifact location (``O_TMPFILE``: the
+    ingester's copy before it is linked under its name); /proc shows it as ``<folder>/#<inode> (deleted)``."""
+    root = str(project / "data" / "mlflow" / "artifacts") + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(root) and target.endswith(" (deleted)") and "/#" in target:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- the round trip
@@ -160,6 +179,62 @@ def test_uploads_are_cut_into_bounded_batches():
     assert [[u.size_bytes for u in b.uploads] for b in batches] == [[10, 10, 10], [10, 90], [20], [500], [1]]
     assert [u.line for b in batches for u in b.uploads] == list(range(1, 9))
     assert [b.position.line for b in batches] == [4, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-file", "in-flight-name"])
+def test_local_upload_replaces_a_file_whole_and_leaves_nothing_in_flight(store_project, unnamed):
+    """Local uploads, both ways of writing them (where the kernel has ``O_TMPFILE``: a file without a name,
+    linked under its name once verified; else MLflow's in-flight name, renamed): new paths (on several
+    threads), the same paths again (the file replaced whole: a reader of the old one keeps its bytes), a
+    corrupt blob (nothing of it published, the file already there untouched); never a file left in flight,
+    files created with the mode MLflow gives them, and no more upload threads than the pool holds, however
+    many calls."""
+    from formula_foundry.errors import BlobError
+    from formula_foundry.tracking.ingest.sink import Upload
+    from formula_foundry.tracking.ingest.stores import mlflow_api
+
+    if unnamed and not mlflow_api._HAS_UNNAMED_FILES:
+        pytest.skip("no O_TMPFILE here")
+    store = blob_store(store_project)
+    root = store_project / "data" / "mlflow" / "artifacts"
+    api = mlflow_api.MlflowApi(f"sqlite:///{store_project / 'data' / 'mlflow' / 'mlruns.db'}",
+                               artifact_root_uri=root.as_uri())
+    api._unnamed_files = unnamed
+
+    def upload(path: str, data: bytes) -> Upload:
+        entry = store.add_bytes(data, logical_path=path)
+        return Upload(path, entry.digest, entry.size_bytes, store.root.as_uri(), 1)
+
+    run = api.create_run(experiment_id=api.experiment_id("direct"), run_id="direct-1", run_name="direct",
+                         start_time=1, tags={})
+    uri = mlflow_client(store_project).get_run(run.mlflow_run_id).info.artifact_uri
+    first = {f"d/f{i}.bin": os.urandom(3000 + i) for i in range(12)} | {"top.bin": b"top"}
+    api.upload_files(run.mlflow_run_id, [upload(p, b) for p, b in first.items()])
+    assert artifact_files(uri) == first
+    assert [t for t in threading.enumerate() if t.name.startswith("ff-upload")]  # the threads of the upload
+    folder = Path(uri.removeprefix("file://"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(folder / p).stat().st_mode & 0o777 for p in first} == {0o666 & ~umask}
+
+    with open(folder / "d" / "f0.bin", "rb") as old:  # a reader of the file being replaced
+        api.upload_files(run.mlflow_run_id, [upload("d/f0.bin", b"second version"),
+                                             upload("d/f1.bin", first["d/f1.bin"])])
+        assert old.read() == first["d/f0.bin"]
+    assert artifact_files(uri) == {**first, "d/f0.bin": b"second version"}
+
+    corrupt = upload("d/f2.bin", b"x" * 5000)
+    blob = store.path_for(corrupt.digest)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"y" * 5000)
+    with pytest.raises(BlobError, match="corrupt"):
+        api.upload_files(run.mlflow_run_id, [corrupt])
+    with pytest.raises(BlobError, match="corrupt"):
+        api.upload_files(run.mlflow_run_id, [upload("d/ok.bin", b"fine"), corrupt._replace(path="d/new.bin")])
+    assert artifact_files(uri) == {**first, "d/f0.bin": b"second version", "d/ok.bin": b"fine"}
+    assert in_flight_files(store_project) == []
+    pool = max(mlflow_api.UPLOAD_WORKERS, mlflow_api.LOCAL_UPLOAD_WORKERS)
+    assert len([t for t in threading.enumerate() if t.name.startswith("ff-upload")]) <= pool  # bounded, reused
 
 
 # --------------------------------------------------------------------------- a blob missing or corrupt
@@ -327,9 +402,10 @@ def _upload_backfill(project: Path, tmp_path: Path, rng: random.Random) -> int:
 
 
 def test_sigkill_mid_upload_then_rerun_equals_one_clean_ingest(store_project, tmp_path, template_store):
-    """SIGKILL ff-ingest at random moments while it uploads (some kills the moment MLflow has a file in
-    flight), then rerun: the store and every artifact byte equal one clean ingest, and no file in
-    flight is left among the run's artifacts."""
+    """SIGKILL ff-ingest at random moments while it uploads (some kills the moment it writes a file: not yet
+    named, or under MLflow's in-flight name), then rerun: no kill leaves a partial file under its name, the
+    store and every artifact byte equal one clean ingest, and no file in flight is left among the run's
+    artifacts."""
     seed = int(os.environ.get("FF_CRASH_SEED") or 1515)
     rng = random.Random(seed)
     print(f"seed {seed}")
@@ -348,8 +424,9 @@ def test_sigkill_mid_upload_then_rerun_equals_one_clean_ingest(store_project, tm
             in_flight = attempt % 2 == 0
             deadline = time.monotonic() + 120
             while proc.poll() is None and time.monotonic() < deadline:
-                if in_flight and set(in_flight_files(store_project)) - seen_in_flight:
-                    break  # MLflow is writing a file of this process: kill it now
+                if in_flight and (set(in_flight_files(store_project)) - seen_in_flight
+                                  or writing_unnamed(proc.pid, store_project)):
+                    break  # this process is writing a file (named in flight, or not yet named): kill it now
                 if not in_flight and _uploaded(store_project) > present:
                     time.sleep(rng.uniform(0.0, 0.03))  # this process uploads: kill it a moment later
                     break
@@ -361,6 +438,7 @@ def test_sigkill_mid_upload_then_rerun_equals_one_clean_ingest(store_project, tm
                 break
             kills.append(("in flight" if in_flight else "random", _uploaded(store_project),
                           len(in_flight_files(store_project))))
+            _no_partial_file_under_its_name(store_project)
         final = subprocess.run(ingest_cmd(store_project), env=child_env(), capture_output=True, text=True,
                                timeout=300)
         assert final.returncode == 0, final.stdout + final.stderr
@@ -372,11 +450,21 @@ def test_sigkill_mid_upload_then_rerun_equals_one_clean_ingest(store_project, tm
     print(f"kills (moment, artifact files present, files in flight): {kills}")
     assert reference.returncode == 0, out
     assert len({present for _, present, _ in kills if 0 < present < files}) >= 2, kills  # at several stages
-    assert any(left for _, _, left in kills), kills  # at least one kill left MLflow's file in flight
+    assert any(moment == "in flight" for moment, _, _ in kills), kills  # at least one kill while a file was written
     crashed, clean = dump_store(store_project), dump_store(ref)
     assert diff_dumps(crashed, clean) == []
     assert sum(len(r["artifacts"]) for r in crashed.values()) == files
     assert in_flight_files(store_project) == []
+
+
+def _no_partial_file_under_its_name(project: Path) -> None:
+    """Every file under its own name in the artifact location is whole (the test's files are 16 KiB, or
+    24 MiB for ``big*``); only MLflow's in-flight names may hold anything else."""
+    root = project / "data" / "mlflow" / "artifacts"
+    for path in root.rglob("*.bin") if root.is_dir() else ():
+        if not path.name.startswith(IN_FLIGHT):
+            expected = 24 * MIB if path.name.startswith("big") else 16 << 10
+            assert path.stat().st_size == expected, f"{path}: a partial file under its name"
 
 
 def _uploaded(project: Path) -> int:

@@ -15,6 +15,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,98 @@ def test_snapshot_survives_source_change_and_delete(run, store, tmp_path: Path):
     small.unlink()
     assert store.verify(big["digest"]).size_bytes == len(original)
     assert oct(blob.stat().st_mode & 0o777) == "0o444"
+
+
+def _hash_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "ff-artifact-hash"]
+
+
+@pytest.mark.parametrize("size", [4 * MiB - 1, 4 * MiB, 16 * MiB + 1, 21 * MiB + 3])
+def test_big_copies_store_and_hash_every_byte(tmp_path: Path, size: int):
+    """Around the sizes where the copy changes shape (one thread below 4 MiB; above, 1 MiB buffers read once,
+    hashed in a second thread while written, more buffers than the pool holds): the blob is the source
+    byte for byte, the digest is its sha256, tmp/ is empty and no hashing thread is left. ``store_written``
+    (figures, images, tables) hashes a big file it did not copy the same way."""
+    from formula_foundry.tracking.artifacts import snapshot_file, store_written
+
+    store = ArtifactStore(tmp_path / "store")
+    src = tmp_path / "src.bin"
+    data = os.urandom(size)
+    src.write_bytes(data)
+    entry = snapshot_file(store, src, logical_path="x/src.bin")
+    assert (entry.digest, entry.size_bytes) == (hashlib.sha256(data).hexdigest(), size)
+    assert store.read_bytes(entry.digest) == data
+    assert list(store.tmp_dir.iterdir()) == [] and _hash_threads() == []
+    written = store_written(store, "w.bin", lambda path: Path(path).write_bytes(data[::-1]), logical_path="w.bin")
+    assert (written.digest, written.size_bytes) == (hashlib.sha256(data[::-1]).hexdigest(), size)
+    assert store.verify(written.digest).size_bytes == size
+    assert list(store.tmp_dir.iterdir()) == [] and _hash_threads() == []
+
+
+REWRITER = r"""
+import os, random, sys
+path, size = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+fd = os.open(path, os.O_WRONLY)
+print("ready", flush=True)
+while True:  # rewrite random 64 KiB blocks in place, as fast as it can, until killed
+    os.pwrite(fd, rng.randbytes(65536), rng.randrange(0, size - 65536))
+"""
+
+
+def test_a_source_rewritten_during_the_copy_gives_a_blob_that_matches_its_digest(tmp_path: Path):
+    """Another process rewrites the source in place while it is snapshotted (a solver still writing its
+    output): each stored blob hashes to the digest recorded for it, whatever mix of old and new bytes it
+    caught, because the bytes hashed are the bytes written."""
+    from formula_foundry.tracking.artifacts import snapshot_file
+
+    store = ArtifactStore(tmp_path / "store")
+    src = tmp_path / "moving.bin"
+    size = 24 * MiB
+    src.write_bytes(os.urandom(size))
+    writer = subprocess.Popen([sys.executable, "-c", REWRITER, str(src), str(size)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        entries = [snapshot_file(store, src, logical_path=f"m{i}.bin") for i in range(4)]
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    for entry in entries:
+        assert entry.size_bytes == size
+        assert hashlib.sha256(store.read_bytes(entry.digest)).hexdigest() == entry.digest
+    assert len({e.digest for e in entries}) > 1  # the source did change under the copies
+
+
+WRITE_FAILS = r"""
+import json, os, resource, signal, sys, threading
+from formula_foundry.substrate import ArtifactStore
+from formula_foundry.tracking.artifacts import snapshot_file
+store = ArtifactStore(sys.argv[2])
+store.tmp_dir.mkdir(parents=True)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, resource.RLIM_INFINITY))
+try:
+    snapshot_file(store, sys.argv[1], logical_path="big.bin")
+    error = None
+except OSError as exc:
+    error = exc.errno
+print(json.dumps({"errno": error, "threads": [t.name for t in threading.enumerate()],
+                  "tmp": os.listdir(store.tmp_dir), "objects": store.objects_dir.exists()}))
+"""
+
+
+def test_a_write_that_fails_mid_copy_leaves_nothing(tmp_path: Path):
+    """The copy of a 12 MiB file fails at 6 MiB (a file size limit: as a full disk would): the error reaches
+    the caller, and there is no blob, no temp file and no hashing thread left."""
+    import errno
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(12 * MiB))
+    proc = subprocess.run([sys.executable, "-c", WRITE_FAILS, str(src), str(tmp_path / "store")],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result == {"errno": errno.EFBIG, "threads": ["MainThread"], "tmp": [], "objects": False}
 
 
 def test_same_content_is_stored_once(run, store, tmp_path: Path):

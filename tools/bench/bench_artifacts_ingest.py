@@ -8,16 +8,23 @@ journal; that is not timed here.
 * ``ff-ingest --sink api``: what ``ff-ingest`` runs per journal, called
   directly (``open_sink`` + ``Replayer.ingest``): run lookup and creation,
   checksummed read, batches of at most 100 uploads, for each file the blob
-  found, its sha256 and size verified (1 MiB reads) and ``MlflowClient.log_artifact``
-  of a symlink (8 threads), a durable checkpoint after every batch, run end.
+  found and copied into the run's local artifact folder while its sha256 and
+  size are verified (4 threads; the copy named only once verified), one
+  ``syncfs`` and a durable checkpoint after every batch, run end.
 * ``mlflow.log_artifacts``: ``mlflow.start_run()``, ``mlflow.log_artifacts(folder)``,
-  ``mlflow.end_run()`` (MLflow's own recursive upload, sequential, no digest).
+  ``mlflow.end_run()`` (MLflow's own recursive upload, sequential, no digest, no fsync).
 
 Both write into a fresh copy of a migrated, empty SQLite store and a fresh
-local artifact root each run; the store is opened before the clock starts.
-Each run is a child process (alternating which goes first) after a warm-up on
-50 files in the same child; the child reports its peak RSS (``VmHWM``) and its
-RSS when the timed run started.
+local artifact root each run; the store is opened, the experiment created and
+``os.sync()`` run before the clock starts, on both sides (``ff-ingest``'s
+``syncfs`` would otherwise also write back what the previous run, ours or
+MLflow's, left dirty). Each run is a child process
+(alternating which goes first) after a warm-up on 50 files in the same child;
+the child reports its peak RSS (``VmHWM``) and its RSS when the timed run
+started. Nothing is deleted until the section ends: this file system (ext4
+without a journal) makes every file created within a minute of many deletions
+pay for skipping the recently freed inodes, which would charge one option for
+the other's clean-up.
 """
 
 from __future__ import annotations
@@ -99,10 +106,15 @@ def _ours(journal: Path, files: Path, store: Path, work: Path, blobs: Path) -> f
     from formula_foundry.tracking.ingest.replay import Replayer
     from formula_foundry.tracking.ingest.stores.connect import open_sink
 
+    from formula_foundry.tracking.journal import JournalReader
+
     cfg = load_config(_project(work, blobs, store_db=store))
     sink = open_sink(cfg, sink="api")
     try:
         sink.api.client.search_experiments(max_results=1)  # open the engine and check the schema: setup
+        header = next(iter(JournalReader(journal).records()))
+        sink.experiment_id(header.get("experiment") or "Default")  # as the MLflow side: experiment made first
+        os.sync()  # start clean: no run pays for writing back what an earlier one left dirty
         start = time.perf_counter()
         report = Replayer(sink).ingest([journal])
         seconds = time.perf_counter() - start
@@ -120,6 +132,7 @@ def _mlflow(journal: Path, files: Path, store: Path, work: Path, blobs: Path) ->
     client = mlflow.MlflowClient()
     client.search_experiments(max_results=1)
     exp_id = client.create_experiment("bench", artifact_location=(work / "artifacts").as_uri())
+    os.sync()  # start clean, as ours
     start = time.perf_counter()
     with mlflow.start_run(experiment_id=exp_id):
         mlflow.log_artifacts(str(files), "files")
@@ -148,14 +161,11 @@ def child_upload(args: argparse.Namespace) -> dict:
     work = Path(args.work)
 
     def one(journal: Path, files: Path, blobs: Path, tag: str) -> float:
-        folder = work / f"{args.mode}-{tag}"
+        folder = work / f"{args.mode}-{os.getpid()}-{tag}"  # kept until the section ends (see the module doc)
         store = fresh_store(Path(args.template), folder / "mlruns.db")
-        try:
-            seconds = fn(journal, files, store, folder, blobs)
-            _check(folder, files)
-            return seconds
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        seconds = fn(journal, files, store, folder, blobs)
+        _check(folder, files)
+        return seconds
 
     one(Path(args.warmup_journal), Path(args.warmup_files), Path(args.warmup_blobs), "warmup")
     rss_start = rss_kib()
@@ -183,6 +193,8 @@ def run(*, quick: bool, work: Path, template: Path | None = None, files: int = F
                 "--blobs", str(work / "producer" / "artifacts"), "--warmup-journal", str(warm_journal),
                 "--warmup-files", str(warm_data), "--warmup-blobs", str(work / "warmup-producer" / "artifacts"),
                 "--template", str(template), "--work", str(work / f"upload-{mode}"), "--repeats", "1"]))
+    for mode in results:
+        shutil.rmtree(work / f"upload-{mode}", ignore_errors=True)  # every run's files, now that none is timed
     total_mb = files * FILE_BYTES / 1e6
     rows: list[Row] = []
     rates: dict[str, Stats] = {}
