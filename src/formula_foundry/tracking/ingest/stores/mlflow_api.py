@@ -78,6 +78,7 @@ from mlflow.tracking import MlflowClient
 
 from formula_foundry.errors import BlobError, StoreRejectedError, StoreUnavailableError
 from formula_foundry.substrate import ArtifactStore
+from formula_foundry.tracking.ingest.blobs import store_root
 from formula_foundry.substrate.store import validate_digest
 from formula_foundry.tracking.config import sqlite_path_of
 from formula_foundry.tracking.events import TAG_RUN_ID
@@ -282,23 +283,11 @@ def start_writeback(fd: int) -> None:
 def _stores(store_uri: str | None, blob_roots: tuple[Path, ...]) -> tuple[ArtifactStore, ...]:
     """The stores to look in for a blob of a record naming ``store_uri``, in order (cached: one per batch)."""
     roots: list[Path] = []
-    named = _store_root(store_uri)
+    named = store_root(store_uri)
     if named is not None:
         roots.append(named)
     roots += [Path(r) for r in blob_roots if Path(r) not in roots]
     return tuple(ArtifactStore(root) for root in roots)
-
-
-def _store_root(store_uri: str | None) -> Path | None:
-    """The local folder of a ``file://`` store URI (or an absolute path); None for anything else."""
-    if not store_uri:
-        return None
-    parts = urlsplit(store_uri)
-    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
-        return Path(url2pathname(parts.path))
-    if not parts.scheme and store_uri.startswith("/"):
-        return Path(store_uri)
-    return None
 
 
 _pool: ThreadPoolExecutor | None = None
