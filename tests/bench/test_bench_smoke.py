@@ -1,4 +1,5 @@
-"""Smoke test of the benchmark runner: ``tools/bench/run.py --quick --only producer`` runs and prints its table.
+"""Smoke test of the benchmark runner: ``tools/bench/run.py --smoke --only producer`` runs and prints its table
+(``--smoke``: ``--quick``'s code paths with tiny N and one run each).
 
 No timing is asserted anywhere: numbers depend on the machine and its load.
 The full numbers live in ``docs/benchmarks.md``.
@@ -31,13 +32,13 @@ PRODUCER_ROWS = (
 
 
 @pytest.mark.slow
-def test_quick_producer_run_prints_one_table(tmp_path: Path):
-    """``--quick --only producer`` exits 0 and prints one markdown table with every producer row."""
+def test_smoke_producer_run_prints_one_table(tmp_path: Path):
+    """``--smoke --only producer`` exits 0 and prints one markdown table with every producer row."""
     pytest.importorskip("mlflow")
     pytest.importorskip("matplotlib")
     plot = tmp_path / "producer.png"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "bench" / "run.py"), "--quick", "--only", "producer",
+        [sys.executable, str(REPO / "tools" / "bench" / "run.py"), "--smoke", "--only", "producer",
          "--plot", str(plot), "--json", str(tmp_path / "out.json")],
         check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,11 +66,11 @@ def test_unknown_section_is_a_usage_error():
 
 
 @pytest.mark.slow
-def test_quick_ingest_run_has_no_failed_row():
-    """``--quick --only ingest``: the ingest benchmark's children run against the current ingest API
+def test_smoke_ingest_run_has_no_failed_row():
+    """``--smoke --only ingest``: the ingest benchmark's children run against the current ingest API
     (a refactor that breaks them shows here, not first in a benchmark session)."""
     pytest.importorskip("mlflow")
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench" / "run.py"), "--quick", "--only", "ingest"],
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench" / "run.py"), "--smoke", "--only", "ingest"],
                           check=False, capture_output=True, text=True, timeout=600, cwd=REPO, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ingest")]

@@ -181,10 +181,56 @@ def test_uploads_are_cut_into_bounded_batches():
     assert [b.position.line for b in batches] == [4, 6, 7, 8, 9]
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-file", "in-flight-name"])
-def test_local_upload_replaces_a_file_whole_and_leaves_nothing_in_flight(store_project, unnamed):
-    """Local uploads, both ways of writing them (where the kernel has ``O_TMPFILE``: a file without a name,
-    linked under its name once verified; else MLflow's in-flight name, renamed): new paths (on several
+WRITE_WAYS = {"direct": (True, True), "unnamed-file": (True, False), "in-flight-name": (False, False)}
+
+
+def local_api(project: Path, way: str):
+    """An :class:`MlflowApi` on the project's SQLite store that writes local uploads ``way`` (see
+    :data:`WRITE_WAYS`): an unnamed file written with ``O_DIRECT``, an unnamed file through the page cache,
+    or MLflow's in-flight name; skips where this kernel or file system has no such way."""
+    from formula_foundry.tracking.ingest.stores import mlflow_api
+
+    unnamed, direct = WRITE_WAYS[way]
+    if unnamed and not mlflow_api._HAS_UNNAMED_FILES:
+        pytest.skip("no O_TMPFILE here")
+    if direct and not mlflow_api._O_DIRECT:
+        pytest.skip("no O_DIRECT here")
+    root = project / "data" / "mlflow" / "artifacts"
+    api = mlflow_api.MlflowApi(f"sqlite:///{project / 'data' / 'mlflow' / 'mlruns.db'}",
+                               artifact_root_uri=root.as_uri())
+    api._unnamed_files, api._direct = unnamed, direct
+    return api
+
+
+@pytest.mark.parametrize("way", list(WRITE_WAYS))
+def test_local_uploads_of_every_size_around_the_block_and_chunk_edges_are_byte_exact(store_project, way):
+    """Sizes around the 4 KiB alignment of direct writes and the 1 MiB read chunk (and 0): every file has
+    exactly the blob's bytes and size (no padding left), on each way of writing local uploads."""
+    from formula_foundry.tracking.ingest.sink import Upload
+
+    api = local_api(store_project, way)
+    store = blob_store(store_project)
+    rng = random.Random(4096)
+    sizes = (0, 1, 4095, 4096, 4097, 65536 + 7, MIB - 1, MIB, MIB + 1, 3 * MIB + 123)
+    files = {f"sizes/{n}.bin": rng.randbytes(n) for n in sizes}
+    uploads = []
+    for path, data in files.items():
+        entry = store.add_bytes(data, logical_path=path)
+        uploads.append(Upload(path, entry.digest, entry.size_bytes, store.root.as_uri(), 1))
+    run = api.create_run(experiment_id=api.experiment_id("sizes"), run_id=f"sizes-{way}", run_name="sizes",
+                         start_time=1, tags={})
+    api.upload_files(run.mlflow_run_id, uploads)
+    uri = mlflow_client(store_project).get_run(run.mlflow_run_id).info.artifact_uri
+    assert artifact_files(uri) == files
+    assert api._direct == WRITE_WAYS[way][1]  # the way asked for was the way taken (no silent fallback here)
+    assert in_flight_files(store_project) == []
+
+
+@pytest.mark.parametrize("way", list(WRITE_WAYS))
+def test_local_upload_replaces_a_file_whole_and_leaves_nothing_in_flight(store_project, way):
+    """Local uploads, every way of writing them (where the kernel has ``O_TMPFILE``: a file without a name,
+    written with ``O_DIRECT`` or through the page cache, linked under its name once verified; else MLflow's
+    in-flight name, renamed): new paths (on several
     threads), the same paths again (the file replaced whole: a reader of the old one keeps its bytes), a
     corrupt blob (nothing of it published, the file already there untouched); never a file left in flight,
     files created with the mode MLflow gives them, and no more upload threads than the pool holds, however
@@ -193,13 +239,8 @@ def test_local_upload_replaces_a_file_whole_and_leaves_nothing_in_flight(store_p
     from formula_foundry.tracking.ingest.sink import Upload
     from formula_foundry.tracking.ingest.stores import mlflow_api
 
-    if unnamed and not mlflow_api._HAS_UNNAMED_FILES:
-        pytest.skip("no O_TMPFILE here")
+    api = local_api(store_project, way)
     store = blob_store(store_project)
-    root = store_project / "data" / "mlflow" / "artifacts"
-    api = mlflow_api.MlflowApi(f"sqlite:///{store_project / 'data' / 'mlflow' / 'mlruns.db'}",
-                               artifact_root_uri=root.as_uri())
-    api._unnamed_files = unnamed
 
     def upload(path: str, data: bytes) -> Upload:
         entry = store.add_bytes(data, logical_path=path)

@@ -43,6 +43,7 @@ from common import (
     progress,
     rss_kib,
     run_child,
+    smoke,
     template_store,
     write_project,
 )
@@ -56,6 +57,7 @@ WARMUP_RECORDS = 2_000
 # size -> repeats. The 1M runs take ~2 minutes each through MLflow's API here, so fewer of them.
 FULL = {100_000: 5, 1_000_000: 1}
 QUICK = {20_000: 3}
+SMOKE = {2_000: 1}  # run.py --smoke
 
 
 def label(n: int) -> str:
@@ -167,7 +169,7 @@ def _cpu_seconds() -> float:
 # --------------------------------------------------------------------------- the benchmark (parent side)
 
 def run(*, quick: bool, work: Path, template: Path | None = None, sizes: dict[int, int] | None = None) -> list[Row]:
-    plan = sizes or (QUICK if quick else FULL)
+    plan = sizes or (SMOKE if smoke() else QUICK if quick else FULL)
     template = template or template_store()
     warm = make_journal(work / "journal-warmup", WARMUP_RECORDS)
     rows: list[Row] = []

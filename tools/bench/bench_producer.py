@@ -46,6 +46,7 @@ from common import (
     fresh_store,
     progress,
     run_child,
+    smoke,
     template_store,
     write_project,
 )
@@ -56,6 +57,7 @@ DEFAULT_POLICY = "interval"
 # Events per timed run. fsync=always pays a disk flush per event (~ms here), MLflow a transaction.
 FULL = {"n": 100_000, "n_always": 1_000, "n_mlflow": 200, "n_async": 300, "n_wandb": 2_000, "repeats": 5}
 QUICK = {"n": 20_000, "n_always": 200, "n_mlflow": 20, "n_async": 30, "n_wandb": 500, "repeats": 3}
+SMOKE = {"n": 2_000, "n_always": 20, "n_mlflow": 5, "n_async": 5, "n_wandb": 50, "repeats": 1}  # run.py --smoke
 
 TARGET_VS_MLFLOW = 1000.0  # ours at least this many times faster per event
 TARGET_VS_BARE = 2.0  # ours at most this many times the bare append
@@ -249,7 +251,7 @@ def import_once(module: str) -> dict:
 # --------------------------------------------------------------------------- the benchmark (parent side)
 
 def run(*, quick: bool, work: Path, template: Path | None = None) -> list[Row]:
-    cfg = QUICK if quick else FULL
+    cfg = SMOKE if smoke() else QUICK if quick else FULL
     repeats = cfg["repeats"]
     common_args = ["--work", str(work), "--repeats", str(repeats)]
     rows: list[Row] = []

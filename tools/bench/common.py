@@ -278,6 +278,21 @@ def fresh_store(template: Path, dest: Path) -> Path:
     return dest
 
 
+_smoke = False
+
+
+def set_smoke(on: bool) -> None:
+    """``run.py --smoke``: the sections that know it run tiny N once (see :func:`smoke`)."""
+    global _smoke
+    _smoke = on
+
+
+def smoke() -> bool:
+    """True under ``run.py --smoke``: tiny N, one run each. It checks that a benchmark runs end to end
+    (the test suite uses it); its numbers mean nothing."""
+    return _smoke
+
+
 def progress(text: str) -> None:
     """A progress line on stderr (the table goes to stdout)."""
     print(f"[bench] {text}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 
     python tools/bench/run.py                      # the full suite (~18 min on 2 cores, 11 without bulk)
     python tools/bench/run.py --quick              # small N, 3 runs each: about a minute (+40 s for bulk)
+    python tools/bench/run.py --smoke --only producer,ingest   # tiny N, 1 run: does it run? (the tests)
     python tools/bench/run.py --only producer,watch --plot docs/img/producer_cost.png --json out.json
 
 Sections: ``producer`` (cost per event and import cost, ``bench_producer.py``),
@@ -46,6 +47,7 @@ from common import (
     child_env,
     machine_info,
     progress,
+    set_smoke,
     table,
     template_store,
 )
@@ -183,12 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--quick", action="store_true", help="small N and 3 runs each (about a minute)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick with tiny N and one run where a section knows it (producer, ingest): "
+                             "checks that the benchmarks run; the numbers mean nothing")
     parser.add_argument("--only", default=",".join(ALL),
                         help=f"comma-separated sections to run (default: {','.join(ALL)})")
     parser.add_argument("--plot", type=Path, help="write a PNG of producer cost per event to this path")
     parser.add_argument("--json", type=Path, help="also write every row with its raw samples to this file")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temp dir, removed afterwards)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick = True
+        set_smoke(True)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in sections if s not in ALL]
     if unknown:
@@ -228,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     info["loadavg_end"] = machine_info()["loadavg"]
 
-    command = "python tools/bench/run.py" + (" --quick" if args.quick else "") + (
+    command = "python tools/bench/run.py" + (" --smoke" if args.smoke else " --quick" if args.quick else "") + (
         f" --only {','.join(sections)}" if sections != list(ALL) else "")
-    print(f"## Benchmarks ({'quick' if args.quick else 'full'}): `{command}`\n")
+    print(f"## Benchmarks ({'smoke' if args.smoke else 'quick' if args.quick else 'full'}): `{command}`\n")
     print(f"Machine: {info['cores']} cores, {info['cpu']}; Python {info['python']}; mlflow {info['mlflow']}, "
           f"orjson {info['orjson']}, SQLAlchemy {info['sqlalchemy']}, watchdog {info['watchdog']}; "
           f"load average {info['loadavg']} at start, {info['loadavg_end']} at end; {elapsed:.0f} s in all.\n")
