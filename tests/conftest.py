@@ -13,7 +13,7 @@ pytest_plugins = ["tests.services"]
 
 REPO = Path(__file__).resolve().parent.parent
 _OVERRIDES = ("FF_CONFIG", "MLFLOW_TRACKING_URI", "FF_ARTIFACT_ROOT", "FF_JOURNAL_ROOT", "FF_TRACKING_ENABLED",
-              "FF_ARTIFACT_STORE")
+              "FF_ARTIFACT_STORE", "FF_ARTIFACTS_SERVER_URI")
 
 
 @pytest.fixture(autouse=True)

@@ -113,6 +113,8 @@ def test_compose_central_ingester(compose: dict[str, Any]) -> None:
     assert env["MLFLOW_TRACKING_URI"] == server_env["MLFLOW_BACKEND_STORE_URI"]  # the server's own store
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert env["FF_ARTIFACT_ROOT"].startswith("s3://${MLFLOW_BUCKET")
+    # mlflow-artifacts:/ locations (experiments the server created) through the server, at the port it listens on
+    assert env["FF_ARTIFACTS_SERVER_URI"] == f"http://mlflow:{server_env['PORT']}"
     assert "../..:/src:ro" in ingester["volumes"]
     assert any(v.startswith("ingest-state:") and v.split(":")[1] == ingester["working_dir"]
                for v in ingester["volumes"])
@@ -120,6 +122,23 @@ def test_compose_central_ingester(compose: dict[str, Any]) -> None:
     assert ingester["depends_on"]["mlflow"]["condition"] == "service_healthy"
     init = " ".join(_strings(compose["services"]["minio-init"]["command"]))
     assert 'mc mb --ignore-existing "ff/$$FF_SHIP_BUCKET"' in init
+
+
+def test_compose_server_answers_the_ingester_by_its_service_name(compose: dict[str, Any]) -> None:
+    """mlflow's Host-header check (DNS rebinding) lets the ingester in as ``mlflow:<port>`` and keeps
+    mlflow's own defaults (loopback and private addresses), judged by mlflow's own functions."""
+    security = pytest.importorskip("mlflow.server.security_utils")
+    from urllib.parse import urlsplit
+
+    server_env = compose["services"]["mlflow"]["environment"]
+    allowed = [h.strip() for h in server_env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")]
+    assert set(security.get_default_allowed_hosts()) <= set(allowed)
+    url = compose["services"]["ingester"]["environment"]["FF_ARTIFACTS_SERVER_URI"]
+    default = re.fullmatch(r"\$\{PORT:-(\d+)\}", server_env["PORT"]).group(1)
+    for port in (default, "8080"):  # the default port, and another one set in setup.env
+        host = urlsplit(url.replace(server_env["PORT"], port)).netloc
+        assert security.is_allowed_host_header(allowed, host), host
+    assert not security.is_allowed_host_header(allowed, "mlflow.attacker.example:5000")
 
 
 def test_container_shell_references_are_defined(compose: dict[str, Any]) -> None:

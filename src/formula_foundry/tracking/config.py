@@ -26,6 +26,7 @@ counts as unset):
 ``FF_ARTIFACT_ROOT``   ``tracking.artifact_root``
 ``FF_JOURNAL_ROOT``    ``journal.root``
 ``FF_TRACKING_ENABLED`` ``tracking.enabled`` (``0``/``false`` disables)
+``FF_ARTIFACTS_SERVER_URI`` ``tracking.artifacts_server_uri``
 =====================  ===============================
 
 Refused because they would lose data or crash later (exit 2 in ``ff-ingest``):
@@ -87,7 +88,7 @@ class _Rule:
         self.choices = choices  # allowed values
         self.bounds = bounds  # inclusive range of a number (which must also be finite)
         self.unit = unit  # what the number counts, for the message about its range
-        self.resolve = resolve  # "path" | "location" (path or URI) | "store" (tracking URI)
+        self.resolve = resolve  # "path" | "location" (path or URI) | "store" (tracking URI) | "server" (URL)
         self.env = env  # environment variable that overrides the key
         self.nonempty = nonempty
 
@@ -133,6 +134,9 @@ class TrackingConfig:
     capture_console: bool = _key(False)
     # Bytes of console output kept per run; a marker line says where it was cut.
     console_max_bytes: int = _key(10 << 20, bounds=(1024, 1 << 30), unit="bytes")
+    # The MLflow server (http(s)://host:port) that serves ``mlflow-artifacts:`` locations (experiments the
+    # server created, proxied artifacts), for an ingester that writes the database directly; "": none.
+    artifacts_server_uri: str = _key("", resolve="server", env="FF_ARTIFACTS_SERVER_URI")
 
     @property
     def artifact_root_path(self) -> Path | None:
@@ -367,6 +371,11 @@ class _Loader:
             if problem:
                 raise self.fail(problem, dotted, origin)
             return _resolve_uri(value, self.root)
+        if kind == "server":
+            problem = _server_url_problem(value)
+            if problem:
+                raise self.fail(problem, dotted, origin)
+            return value.rstrip("/")
         return value
 
 
@@ -398,6 +407,18 @@ def _uri_problem(uri: str) -> str | None:
     if "://" not in uri:
         # A bare path is a file store in MLflow's eyes; we only support DB/HTTP stores.
         return f"not a tracking URI: {_show(uri)} (use sqlite:///path, postgresql://..., or http://host:port)"
+    return None
+
+
+def _server_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the address of an MLflow server, or None (the empty string: no server)."""
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if not sep or scheme.lower() not in ("http", "https") or not host or host.startswith(":"):
+        return (f"must be the http:// or https:// URL of an MLflow server (e.g. http://mlflow:5000), got "
+                f"{_show(url)}")
     return None
 
 

@@ -338,7 +338,8 @@ def open_doctor_api(cfg: Config, uri: str):
     from formula_foundry.tracking.ingest.stores.mlflow_api import MlflowApi
 
     return MlflowApi(uri, artifact_root_uri=cfg.tracking.artifact_root_uri,
-                     sqlite_busy_timeout=cfg.ingest.sqlite_busy_timeout_seconds)
+                     sqlite_busy_timeout=cfg.ingest.sqlite_busy_timeout_seconds,
+                     artifacts_server_uri=cfg.tracking.artifacts_server_uri)
 
 
 def check_experiments(api, uri: str) -> Check:

@@ -41,6 +41,14 @@ caches the run's repository once. A missing or corrupt blob raises
 :class:`~formula_foundry.errors.BlobError` (the journal's error) before any
 byte of it is sent or named.
 
+An ``mlflow-artifacts:`` location (an experiment the server itself created,
+with proxied artifacts) is an address on an ``mlflow server``: MLflow resolves
+it only against an http(s) tracking URI. Writing the database directly, the
+ingester sends those files to the server named by
+``tracking.artifacts_server_uri`` (one repository per run, built by MLflow's
+``get_artifact_repository``); without one, the run's journal gets a
+:class:`~formula_foundry.errors.StoreRejectedError` that says what to set.
+
 Credentials come only from the environment (a password inside the tracking
 URI, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, ``AWS_*``). No message
 this module raises carries them: :func:`~..uri.scrub` masks the URI's secrets and the
@@ -54,6 +62,7 @@ Opening a sink probes the store once with a short timeout
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -93,8 +102,8 @@ from formula_foundry.tracking.ingest.stores.http import http_get
 from formula_foundry.tracking.ingest.stores.store_init import ensure_sqlite_store
 from formula_foundry.tracking.ingest.uri import is_http, redact, scheme
 
-__all__ = ["LOCAL_UPLOAD_WORKERS", "UPLOAD_WORKERS", "MlflowApi", "MlflowSink", "locate_blob", "probe_store",
-           "quiet_mlflow_logs", "start_writeback", "verify_blob"]
+__all__ = ["LOCAL_UPLOAD_WORKERS", "UPLOAD_WORKERS", "MlflowApi", "MlflowSink", "locate_blob",
+           "needs_artifacts_server", "probe_store", "quiet_mlflow_logs", "start_writeback", "verify_blob"]
 
 log = logging.getLogger("formula_foundry.ingest")
 
@@ -102,6 +111,23 @@ UPLOAD_WORKERS = 8  # concurrent uploads of one batch (many small files: latency
 LOCAL_UPLOAD_WORKERS = 4  # ... into a local artifact location: unnamed files let their creation run in parallel
 READ_CHUNK = 1 << 20  # blobs are hashed 1 MiB at a time: memory stays flat whatever their size
 DIRECT_ALIGN = 4096  # O_DIRECT writes: offsets and lengths in multiples of this (any block size up to 4 KiB)
+PROXIED_SCHEME = "mlflow-artifacts"  # an artifact location served by an mlflow server (--serve-artifacts)
+SERVER_REPOS_CACHED = 1024  # runs whose server repository is kept (as MLflow's _artifact_repos_cache)
+
+
+def needs_artifacts_server(artifact_uri: str, tracking_uri: str) -> bool:
+    """True when ``artifact_uri`` is served by an ``mlflow server`` that ``tracking_uri`` is not (MLflow
+    resolves ``mlflow-artifacts:`` only against an http(s) tracking URI): its files go to a server named
+    otherwise."""
+    return scheme(artifact_uri) == PROXIED_SCHEME and not is_http(tracking_uri)
+
+
+def artifacts_server_missing(mlflow_run_id: str, artifact_uri: str) -> str:
+    """What to say when a run's files need a server and none is configured."""
+    return (f"MLflow run {mlflow_run_id}'s artifact location is {artifact_uri}, served by an MLflow server (an "
+            "experiment the server created, with proxied artifacts) that an ingester writing the database "
+            "directly must be told: set tracking.artifacts_server_uri (FF_ARTIFACTS_SERVER_URI) to that "
+            "server's http URL, e.g. http://mlflow:5000")
 
 
 def probe_store(tracking_uri: str, *, timeout: float = 10.0) -> str:
@@ -390,10 +416,11 @@ class MlflowApi:
     """
 
     def __init__(self, tracking_uri: str, *, artifact_root_uri: str | None,
-                 sqlite_busy_timeout: float = 30.0) -> None:
+                 sqlite_busy_timeout: float = 30.0, artifacts_server_uri: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.display_uri = redact(tracking_uri)
         self.artifact_root_uri = artifact_root_uri
+        self.artifacts_server_uri = artifacts_server_uri or None  # serves mlflow-artifacts: (see the module doc)
         self._is_http = is_http(tracking_uri)
         self._console = ConsoleText()  # the console text of the journal being committed, read on as it grows
         # The REST client prints "View run <name> at: <url>" to stdout on set_terminated: noise in
@@ -411,6 +438,10 @@ class MlflowApi:
             self.client = MlflowClient(tracking_uri=uri)
         self._experiments: dict[str, str] = {}
         self._artifact_dirs: dict[str, Path | None] = {}  # MLflow run id -> its local artifact folder (or None)
+        self._artifact_uris: dict[str, str] = {}  # MLflow run id -> its artifact location
+        self._server_repos: collections.OrderedDict = collections.OrderedDict()  # run id -> repository on it
+        self._server_repos_lock = threading.Lock()  # (uploads run on threads)
+        self._server_probed = False
         self._opened = time.time()  # a file MLflow left in flight before this is a killed ingester's
         self._file_mode = 0o666  # as open() creates files (the umask applies), as MLflow leaves them
         self._temp_names = itertools.count()  # next() is atomic: unique names across upload threads
@@ -515,8 +546,7 @@ class MlflowApi:
                 local = Path(tmp) / str(number) / name  # one folder per file: any depth of path fits
                 local.parent.mkdir(parents=True, exist_ok=True)
                 local.write_bytes(content)
-                self._call(f"log artifact {artifact_path}", self.client.log_artifact, mlflow_run_id,
-                           str(local), folder or None)
+                self._log_artifact(mlflow_run_id, str(local), folder or None, f"log artifact {artifact_path}")
 
     def upload_files(self, mlflow_run_id: str, uploads: Sequence[Upload], *,
                      blob_roots: Sequence[Path] = ()) -> None:
@@ -553,11 +583,57 @@ class MlflowApi:
                 link = Path(tmp) / str(i) / name
                 link.parent.mkdir()
                 link.symlink_to(blob)
-                self._call(f"upload artifact {item.path}", self.client.log_artifact, mlflow_run_id, str(link),
-                           folder or None)
+                self._log_artifact(mlflow_run_id, str(link), folder or None, f"upload artifact {item.path}")
 
             upload(0, todo[0])  # alone: MLflow resolves and caches the run's artifact repository
             self._each(todo[1:], lambda i, item: upload(i + 1, item), workers=UPLOAD_WORKERS)
+
+    def _log_artifact(self, mlflow_run_id: str, local: str, folder: str | None, what: str) -> None:
+        """One file into the run's artifact location, at ``folder`` (every write but the local uploads): through
+        :meth:`_server_repository` where the run needs one, else MLflow's client (which caches the run's
+        repository)."""
+        repo = self._server_repository(mlflow_run_id)
+        if repo is None:
+            self._call(what, self.client.log_artifact, mlflow_run_id, local, folder)
+            return
+        with store_errors(f"{what} to {redact(self.artifacts_server_uri)}", self.artifacts_server_uri):
+            repo.log_artifact(local, folder)
+
+    def _server_repository(self, mlflow_run_id: str):
+        """The run's artifact repository on ``artifacts_server_uri`` when its location is ``mlflow-artifacts:``
+        and the tracking URI is no server (:func:`needs_artifacts_server`), else None. One per run, built
+        once (MLflow's ``get_artifact_repository``), the server probed before the first. Raises
+        :class:`StoreRejectedError` when the run needs a server and none is configured."""
+        if self._is_http:
+            return None
+        artifact_uri = self._artifact_uri(mlflow_run_id)
+        if not needs_artifacts_server(artifact_uri, self.tracking_uri):
+            return None
+        with self._server_repos_lock:
+            repo = self._server_repos.get(mlflow_run_id)
+            if repo is not None:
+                return repo
+            server = self.artifacts_server_uri
+            if not server:
+                raise StoreRejectedError(artifacts_server_missing(mlflow_run_id, artifact_uri))
+            if not self._server_probed:
+                probe_store(server)  # a stopped server: StoreUnavailableError now, not after MLflow's retries
+                self._server_probed = True
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            with store_errors(f"open the artifact location {artifact_uri} on {redact(server)}", server):
+                repo = get_artifact_repository(artifact_uri, tracking_uri=server)
+            if len(self._server_repos) >= SERVER_REPOS_CACHED:
+                self._server_repos.popitem(last=False)
+            self._server_repos[mlflow_run_id] = repo
+            return repo
+
+    def _artifact_uri(self, mlflow_run_id: str) -> str:
+        """The run's artifact location (remembered; else one ``get_run``)."""
+        if mlflow_run_id not in self._artifact_uris:
+            run = self._call("get run", self.client.get_run, mlflow_run_id)
+            self._note_artifact_uri(mlflow_run_id, run.info.artifact_uri)
+        return self._artifact_uris.get(mlflow_run_id, "")
 
     @staticmethod
     def _each(items: list[Upload], fn: Callable[[int, Upload], None], *, workers: int) -> None:
@@ -633,6 +709,7 @@ class MlflowApi:
         before its first upload. A run's artifact location never changes."""
         if not artifact_uri:
             return
+        self._artifact_uris[mlflow_run_id] = artifact_uri
         parts = urlsplit(artifact_uri)
         local = parts.scheme in ("", "file") and parts.netloc in ("", "localhost")
         self._artifact_dirs[mlflow_run_id] = Path(url2pathname(parts.path)) if local else None
