@@ -16,11 +16,28 @@ reason it is kept, in this order):
 ``recent``       appended to (mtime) less than ``--older-than`` ago
 ===============  ==============================================================
 
+On a host that ships its journals (``--shipped-to URI``: ``ff-ingest ship --to URI``, no
+tracking store here) the ship destination is the truth, and the first four rows read
+(:mod:`.ship.shipped` gathers these facts; ``held`` and ``recent`` stay as above):
+
+=================  ============================================================
+``error``          its header or name is wrong, or its last ship pass ended in an
+                   error (the local ship state says so); or the destination holds
+                   more of it than the file has (truncated or replaced)
+``not shipped``    this host's ship state has no entry for it at that destination,
+                   or the destination was made again since (another id in its
+                   ``ff-ship.json``), or the destination's segments of it do not
+                   chain from byte 0 (none, a gap, an overlap)
+``not ended``      its last complete record is not run_end / segment_end
+``lagging``        the destination's chain ends before the file does
+=================  ============================================================
+
 Prune touches journal files only: never a substrate artifact, never a blob of the
-content-addressed artifact store, never a folder. It does not write the store and
-takes no ingester lock: a journal it removes is ended and fully ingested, so an
-ingester that has it open still reads it to the end (Linux keeps an unlinked file's
-data while it is open) and has nothing left to do with it.
+content-addressed artifact store, never a folder, never the ship destination or the ship
+state. It does not write the store and takes no ingester or shipper lock: a journal it
+removes is ended and fully ingested (or shipped), so an ingester (or shipper) that has it
+open still reads it to the end (Linux keeps an unlinked file's data while it is open) and
+has nothing left to do with it.
 
 Archive layout (``--archive DIR``): ``DIR/<path relative to its journal root>.gz``,
 one gzip member of the journal's bytes, written to a temporary name in the same
@@ -39,11 +56,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from formula_foundry.errors import JournalError
+from formula_foundry.tracking.framing import FrameError, unframe
+from formula_foundry.tracking.ingest.schema import END_TYPES
 from formula_foundry.tracking.ingest.sink import Checkpoint
-from formula_foundry.tracking.journal import open_journal
+from formula_foundry.tracking.journal import COMPRESSED_SUFFIX, MAX_LINE_BYTES, open_journal, open_journal_stream
 
-__all__ = ["DEFAULT_OLDER_THAN", "Facts", "archive_path", "archive_to", "is_held", "keep_reason",
-           "parse_duration"]
+__all__ = ["DEFAULT_OLDER_THAN", "Facts", "ShipFacts", "archive_path", "archive_to", "is_held", "keep_reason",
+           "last_record", "parse_duration", "shipped_keep_reason"]
 
 DEFAULT_OLDER_THAN = "7d"
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -82,12 +102,96 @@ def keep_reason(f: Facts, *, older_than: float, now: float) -> str | None:
         return "not ended: its end record is not ingested (running, crashed or lagging)"
     if not f.path.name.endswith(".gz") and cp.position.offset != f.size:
         return f"lagging: checkpoint at byte {cp.position.offset} of {f.size}"
-    if f.held:
+    return _held_or_recent(f.held, f.mtime, older_than=older_than, now=now)
+
+
+@dataclass(frozen=True)
+class ShipFacts:
+    """What prune knows of one journal and one ship destination at one moment (``--shipped-to``)."""
+
+    path: Path
+    size: int  # bytes on disk
+    content_size: int  # the journal's bytes (an archived ``.gz``: uncompressed), what a chain must reach
+    mtime: float
+    error: str | None  # a header/name problem, or the error its ship state records
+    not_shipped: str | None  # why the destination holds nothing of it as this journal's, or None
+    shipped: int  # where its chain of segments from byte 0 ends at the destination
+    last_type: str | None  # the type of its last complete record (None: none, or unreadable)
+    held: bool
+
+
+def shipped_keep_reason(f: ShipFacts, *, older_than: float, now: float) -> str | None:
+    """Why ``f``'s journal must stay on a shipping host (see the module docstring), or None when it may go."""
+    if f.error:
+        return f"error: {f.error}"
+    if f.shipped > f.content_size:
+        return (f"error: the destination holds {f.shipped} bytes of it, the file {f.content_size}: "
+                "truncated or replaced since it was shipped")
+    if f.not_shipped:
+        return f"not shipped: {f.not_shipped}"
+    if f.last_type not in END_TYPES:
+        last = f"its last record is {f.last_type}" if f.last_type else "its last line is no whole, valid record"
+        return f"not ended: {last}, not run_end/segment_end (running or crashed)"
+    if f.shipped < f.content_size:
+        return f"lagging: shipped to byte {f.shipped} of {f.content_size}"
+    return _held_or_recent(f.held, f.mtime, older_than=older_than, now=now)
+
+
+def _held_or_recent(held: bool, mtime: float, *, older_than: float, now: float) -> str | None:
+    if held:
         return "held: a process holds the journal's lock (its producer)"
-    idle = now - f.mtime
+    idle = now - mtime
     if idle < older_than:
         return f"recent: idle {idle:.0f}s, less than {older_than:.0f}s"
     return None
+
+
+_TAIL_READ = 64 << 10
+
+
+def last_record(path: Path) -> dict | None:
+    """``path``'s last complete record, checksum verified; None when it has none, or that line is bad.
+
+    A plain journal is read backwards from its end (64 KiB, more while the line is longer);
+    an archived ``.gz`` one is read through (it has no random access). An incomplete last
+    line (a write in progress, a torn tail) is not a record: the one before it is the last.
+    """
+    try:
+        line = _last_line_streamed(path) if path.name.endswith(COMPRESSED_SUFFIX) else _last_line(path)
+        return None if line is None else unframe(line)
+    except (OSError, JournalError, FrameError):
+        return None
+
+
+def _last_line(path: Path) -> bytes | None:
+    with open_journal(path) as fh:
+        size = fh.seek(0, os.SEEK_END)
+        window = _TAIL_READ
+        while True:
+            start = max(0, size - window)
+            fh.seek(start)
+            data = fh.read(size - start)
+            end = data.rfind(b"\n")
+            if end >= 0:
+                begin = data.rfind(b"\n", 0, end) + 1
+                if begin > 0 or start == 0:
+                    return data[begin:end]
+            if start == 0 or window > 2 * (MAX_LINE_BYTES + 1):  # longer than a record can be: corrupt
+                return None
+            window *= 4
+
+
+def _last_line_streamed(path: Path) -> bytes | None:
+    tail = b""  # from the start of the last complete line seen so far (exactly one newline once there is one)
+    with open_journal_stream(path) as fh:
+        while chunk := fh.read(1 << 20):
+            data = tail + chunk
+            end = data.rfind(b"\n")
+            tail = data if end < 0 else data[data.rfind(b"\n", 0, end) + 1:]
+            if len(tail) > 2 * (MAX_LINE_BYTES + 1):
+                return None
+    end = tail.find(b"\n")
+    return None if end < 0 else tail[:end]
 
 
 def _proc_locks_inodes() -> set[int] | None:

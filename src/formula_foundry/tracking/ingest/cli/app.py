@@ -8,6 +8,7 @@ Usage::
     ff-ingest doctor [--json]              # health of config, store, artifact store, backlog
     ff-ingest check --task ID              # runs against the acceptance registry
     ff-ingest prune [--older-than 7d] [--archive DIR] [--dry-run]   # delete/archive ended, ingested journals
+    ff-ingest prune --shipped-to URI       # ... on a shipping host: ended journals the destination holds whole
     ff-ingest ship --to URI [--watch] [--status]   # ship journals and blobs to s3://... or a shared folder
 
 Exit codes (for scripts), the same for every command:
@@ -121,7 +122,7 @@ def cli() -> None:
     ff-ingest status                 per journal: run, records, ingested, lag, state
     ff-ingest doctor                 health of config, store, artifact store, backlog
     ff-ingest check --task ID        runs against the acceptance registry
-    ff-ingest prune                  delete or --archive ended, fully ingested, idle journals
+    ff-ingest prune                  delete or --archive ended, fully ingested (or --shipped-to), idle journals
     ff-ingest ship --to URI          send new journal bytes and blobs to S3 or a shared folder
 
     Exit codes: 0 ok, 1 journal errors, 2 usage/config, 3 store unavailable,
