@@ -193,7 +193,7 @@ def local_api(project: Path, way: str):
     unnamed, direct = WRITE_WAYS[way]
     if unnamed and not mlflow_api._HAS_UNNAMED_FILES:
         pytest.skip("no O_TMPFILE here")
-    if direct and not mlflow_api._O_DIRECT:
+    if direct and not mlflow_api.O_DIRECT:
         pytest.skip("no O_DIRECT here")
     root = project / "data" / "mlflow" / "artifacts"
     api = mlflow_api.MlflowApi(f"sqlite:///{project / 'data' / 'mlflow' / 'mlruns.db'}",

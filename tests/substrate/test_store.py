@@ -94,6 +94,45 @@ def test_torn_blob_of_wrong_size_is_replaced(store: ArtifactStore) -> None:
     assert store.read_bytes(digest) == b"complete"
 
 
+def test_unnamed_temp_is_linked_as_the_blob_deduplicated_or_over_a_torn_leftover(store: ArtifactStore) -> None:
+    """Where the kernel has ``O_TMPFILE``: a file without a name becomes the blob (read-only, exact bytes);
+    the same content again keeps the stored blob; a torn leftover of another size is replaced whole; no
+    name is ever left in tmp/ or beside the blob."""
+    probe = store.unnamed_temp()
+    if probe is None:
+        pytest.skip("no O_TMPFILE here")
+    os.close(probe)
+
+    def unnamed(data: bytes) -> int:
+        fd = store.unnamed_temp()
+        os.write(fd, data)
+        os.fsync(fd)
+        return fd
+
+    data = b"field map\n" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    for attempt in range(2):  # the second is the same content: deduplicated
+        fd = unnamed(data)
+        try:
+            entry = store.publish_unnamed(fd, digest=digest, size_bytes=len(data), logical_path="f.bin")
+        finally:
+            os.close(fd)
+        assert entry is not None and entry.store_path == store.path_for(digest)
+        assert store.read_bytes(digest) == data
+        assert store.path_for(digest).stat().st_mode & 0o777 == 0o444
+    blob = store.path_for(digest)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(data[:100])  # torn: another size
+    fd = unnamed(data)
+    try:
+        assert store.publish_unnamed(fd, digest=digest, size_bytes=len(data), logical_path="f.bin") is not None
+    finally:
+        os.close(fd)
+    assert store.verify(digest).size_bytes == len(data)
+    assert os.listdir(blob.parent) == [digest]
+    assert list(store.tmp_dir.iterdir()) == []
+
+
 def test_failed_source_read_leaves_no_temp(
     store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -240,6 +241,42 @@ def test_a_write_that_fails_mid_copy_leaves_nothing(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result == {"errno": errno.EFBIG, "threads": ["MainThread"], "tmp": [], "objects": False}
+
+
+def test_log_artifacts_of_many_files_as_mlflow(run, store, ml, tmp_path: Path):
+    """A folder of many files (the threaded path): sizes around the 4 KiB blocks of direct writes and the
+    1 MiB read chunk, an empty file, a big one, a duplicate; every record in walk order, each blob
+    byte-exact and read-only, nothing left in tmp/."""
+    rng = random.Random(4096)
+    src = tmp_path / "many"
+    sizes = [0, 1, 4095, 4096, 4097, 65543, MiB - 1, MiB, MiB + 1, 5 * MiB + 3] + [3000 + i for i in range(30)]
+    for i, size in enumerate(sizes):
+        folder = src / f"part{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i:02d}.bin").write_bytes(rng.randbytes(size))
+    (src / "part0" / "copy.bin").write_bytes((src / "part1" / "f01.bin").read_bytes())
+    recs = same_as_mlflow(run, store, ml, "log_artifacts", str(src), "many")
+    walked = [f"many/{p.relative_to(src).as_posix()}" for d in sorted(src.iterdir()) for p in sorted(d.iterdir())]
+    assert [r["path"] for r in recs] == walked
+    assert all(stat.S_IMODE(store.path_for(r["digest"]).stat().st_mode) == 0o444 for r in recs)
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_log_artifacts_refusing_one_file_records_none(run, store, tmp_path: Path):
+    """One file of a folder cannot be stored (a FIFO among 20 files): log_artifacts raises, the journal is
+    unchanged, no upload thread is left, and nothing is left in tmp/."""
+    src = tmp_path / "some"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}.txt").write_text(f"file {i}\n")
+    os.mkfifo(src / "f10.pipe")
+    before = run.journal_path.read_bytes()
+    with pytest.raises(ValidationError) as err:
+        run.log_artifacts(src, "some")
+    assert err.value.rule == "artifact-source"
+    assert run.journal_path.read_bytes() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("ff-snapshot")]
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 def test_same_content_is_stored_once(run, store, tmp_path: Path):
@@ -557,19 +594,48 @@ with get_tracker().start_run() as run:
 """
 
 
+def _copying(pid: int, store: ArtifactStore) -> bool:
+    """Whether process ``pid`` holds a file open in the store's tmp/ (its copy in progress: a named
+    ``*.part``, or a file without a name, which /proc shows as ``tmp/#<inode> (deleted)``)."""
+    prefix = str(store.tmp_dir) + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_sigkill_during_the_copy_leaves_no_record_or_a_complete_one(project: Path, big_file: Path):
-    """SIGKILL at random moments of a 400 MiB snapshot: afterwards the journal has no artifact record, or one
-    whose blob exists and verifies; objects/ never holds a partial blob (a leftover is only tmp/*.part)."""
+    """SIGKILL at random moments of a 400 MiB snapshot (some while the copy is being written): afterwards the
+    journal has no artifact record, or one whose blob exists and verifies; objects/ never holds a partial
+    blob; tmp/ holds nothing where the kernel has O_TMPFILE (the copy had no name), else only *.part files."""
     rng = random.Random(20260515)
     store = ArtifactStore(project / "data" / "artifacts")
+    probe = store.unnamed_temp()
+    unnamed = probe is not None
+    if unnamed:
+        os.close(probe)
     outcomes = []
     for trial in range(6):
         shutil.rmtree(store.root, ignore_errors=True)
         proc = subprocess.Popen([sys.executable, "-c", KILL_TARGET, str(big_file)], cwd=project,
                                 env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         journal = Path(proc.stdout.readline().strip())
+        mid_copy = False
         if trial == 5:
             assert proc.stdout.readline().strip() == "logged"  # one kill after the call returned
+        elif trial % 2:
+            deadline = time.monotonic() + 30
+            while not _copying(proc.pid, store) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0.0, 0.1))
+            mid_copy = _copying(proc.pid, store)
         else:
             time.sleep(rng.uniform(0.0, 0.6))
         proc.kill()
@@ -582,7 +648,7 @@ def test_sigkill_during_the_copy_leaves_no_record_or_a_complete_one(project: Pat
             assert (record["path"], record["size_bytes"]) == ("big/big.bin", big_file.stat().st_size)
             assert store.verify(record["digest"])
         leftovers = [p.name for p in store.tmp_dir.iterdir()] if store.tmp_dir.exists() else []
-        assert all(name.endswith(".part") for name in leftovers), leftovers
-        outcomes.append("record" if records else "partial" if leftovers else "none")
+        assert leftovers == [] if unnamed else all(name.endswith(".part") for name in leftovers), leftovers
+        outcomes.append("record" if records else "mid-copy" if mid_copy else "none")
     assert outcomes[-1] == "record"
-    assert "partial" in outcomes, outcomes  # at least one kill landed mid-copy
+    assert "mid-copy" in outcomes, outcomes  # at least one kill landed while the copy was written

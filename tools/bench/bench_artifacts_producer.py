@@ -16,6 +16,10 @@ file system (the scratch folder: ``/tmp`` by default). Options:
 * ``mlflow.log_artifact``: into a local artifact root with a SQLite store, in its own child
   (``shutil.copyfileobj`` to a temp file + rename + copystat; no fsync, no hash).
 
+And one folder of 1,000 files of 100 KiB (200 with ``--quick``): ``run.log_artifacts`` (files
+stored on 4 threads, each fsynced, one fsync per shard folder at the end, then the records) vs
+``mlflow.log_artifacts`` (``shutil.copytree``: no fsync, no hash) vs ``cp -r`` (no fsync).
+
 Between repeats the previous copy (our blob; the store's folders stay) is deleted and
 ``os.sync()`` runs (not timed), so no option pays for another's writeback. Peak RSS is each child's ``VmHWM`` (the MLflow
 child's includes ``import mlflow``). The ``target`` rows give ours / ``cp`` per size
@@ -53,6 +57,9 @@ SECTION = "artifacts"
 MiB = 1 << 20
 FULL = {"sizes": (1 * MiB, 100 * MiB, 1024 * MiB), "repeats": {MiB: 20, 100 * MiB: 7, 1024 * MiB: 5}}
 QUICK = {"sizes": (1 * MiB, 100 * MiB), "repeats": {MiB: 5, 100 * MiB: 3}}
+FOLDER = {"files": 1000, "repeats": 5}  # log_artifacts of a folder of files of FOLDER_FILE_BYTES
+FOLDER_QUICK = {"files": 200, "repeats": 3}
+FOLDER_FILE_BYTES = 100 << 10
 TARGET_VS_CP = 1.5
 
 
@@ -79,7 +86,7 @@ def child_ff(args: argparse.Namespace) -> dict:
             _drop_blobs(store)
             _settle()
             start = time.perf_counter()
-            run.log_artifact(args.src, "bench")
+            (run.log_artifacts if args.folder else run.log_artifact)(args.src, "bench")
             elapsed = time.perf_counter() - start
             if i:
                 seconds.append(elapsed)
@@ -111,7 +118,7 @@ def child_mlflow(args: argparse.Namespace) -> dict:
             shutil.rmtree(root / "bench", ignore_errors=True)
             _settle()
             start = time.perf_counter()
-            mlflow.log_artifact(args.src, "bench")
+            (mlflow.log_artifacts if args.folder else mlflow.log_artifact)(args.src, "bench")
             elapsed = time.perf_counter() - start
             if i:
                 seconds.append(elapsed)
@@ -131,16 +138,16 @@ def _make_file(path: Path, size: int) -> None:
 def _time_cp(src: Path, dst: Path, repeats: int, *, sync: bool) -> list[float]:
     seconds = []
     for i in range(repeats + 1):
-        dst.unlink(missing_ok=True)
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink(missing_ok=True)
         _settle()
         start = time.perf_counter()
-        subprocess.run(["cp", str(src), str(dst)], check=True)
+        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
         if sync:
             subprocess.run(["sync", str(dst)], check=True)
         elapsed = time.perf_counter() - start
         if i:
             seconds.append(elapsed)
-    dst.unlink(missing_ok=True)
+    shutil.rmtree(dst) if dst.is_dir() else dst.unlink(missing_ok=True)
     return seconds
 
 
@@ -211,7 +218,39 @@ def run(*, quick: bool, work: Path, template: Path | None = None) -> list[Row]:
                            + f"; vs cp + sync {ours.median / durable.median:.2f}×"
                            f"; vs mlflow.log_artifact {ours.median / theirs.median:.2f}×"
                            f"; sha256 alone is {floor.median / plain.median:.2f}× cp"))
+    rows += _folder_rows(FOLDER_QUICK if quick else FOLDER, work, config, template)
     return rows + targets
+
+
+def _folder_rows(cfg: dict, work: Path, config: Path, template: Path) -> list[Row]:
+    """``log_artifacts`` of a folder of many small files: ours vs MLflow's vs ``cp -r``."""
+    files, repeats = cfg["files"], cfg["repeats"]
+    label = f"{files:,} × {FOLDER_FILE_BYTES >> 10} KiB"
+    progress(f"artifacts: a folder of {label}, {repeats} repeats per option")
+    src = work / "src-folder"
+    src.mkdir()
+    for i in range(files):
+        (src / f"f{i:04d}.bin").write_bytes(os.urandom(FOLDER_FILE_BYTES))
+    try:
+        common = ["--src", str(src), "--repeats", str(repeats), "--work", str(work), "--folder"]
+        ff = run_child("bench_artifacts_producer", ["ff", *common, "--config", str(config)])
+        cp = _time_cp(src, work / "cp-dst", repeats, sync=False)
+        ml = run_child("bench_artifacts_producer", ["mlflow", *common, "--template", str(template)])
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    ours, plain, theirs = (Stats.of(x) for x in (ff["seconds"], cp, ml["seconds"]))
+
+    def row(option: str, st: Stats, note: str, samples: dict) -> Row:
+        return Row(SECTION, f"{option}, {label}", f"{fmt_num(st.median * 1000)} ms",
+                   f"{fmt_num(st.lo * 1000)} – {fmt_num(st.hi * 1000)} ms", f"{st.runs} × 1", note, samples=samples)
+
+    return [row("ff run.log_artifacts", ours, f"copies + sha256 + fsyncs + records; peak RSS {fmt_mb(ff['hwm_kib'])}",
+                {"seconds": ff["seconds"]}),
+            row("cp -r", plain, "no fsync, no hash", {"seconds": cp}),
+            row("mlflow.log_artifacts (local root)", theirs, "no fsync, no hash", {"seconds": ml["seconds"]}),
+            Row(SECTION, f"ff run.log_artifacts vs mlflow.log_artifacts, {label}",
+                f"{ours.median / theirs.median:.2f}×", runs=f"{ours.runs}",
+                note=f"vs cp -r {ours.median / plain.median:.2f}× (time ratio: lower is faster)")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("--work", required=True)
     child.add_argument("--config")
     child.add_argument("--template")
+    child.add_argument("--folder", action="store_true", help="src is a folder: log_artifacts")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args(argv)

@@ -6,6 +6,8 @@ On-disk layout under the store root::
                                    bare 64-char lowercase hex sha256, <aa> its first two chars
     tmp/<name>.part                in-flight writes; a leftover of a crashed writer is garbage
                                    (never read, never collides) and safe to delete when idle
+                                   (where the kernel has O_TMPFILE, snapshots of files write
+                                   unnamed files there instead, which a crash leaves nothing of)
 
 A digest is always the bare 64-char lowercase hex string (no ``sha256:`` prefix). A
 string that is not one raises :class:`SubstrateError` before any path is built from it.
@@ -21,6 +23,7 @@ same dedupe-and-rename step.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -37,6 +40,7 @@ __all__ = ["CHUNK_SIZE", "ArtifactEntry", "ArtifactStore", "validate_digest"]
 CHUNK_SIZE = 1 << 20  # 1 MiB
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _BLOB_MODE = 0o444
+_HAS_UNNAMED = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")  # O_TMPFILE, linked via /proc
 
 
 def validate_digest(digest: object) -> str:
@@ -199,12 +203,68 @@ class ArtifactStore:
         tmp = write_temp(self.tmp_dir, hashing(), prefix="blob-")
         return self.publish(tmp, digest=hasher.hexdigest(), size_bytes=size, logical_path=logical_path)
 
-    def publish(self, tmp: Path, *, digest: str, size_bytes: int, logical_path: str) -> ArtifactEntry:
+    def unnamed_temp(self) -> int | None:
+        """A new file without a name in :attr:`tmp_dir` (``O_TMPFILE``), open for reading and writing, to be
+        given its blob's name by :meth:`publish_unnamed`: a writer killed before that leaves nothing
+        behind. None where the kernel or the file system has no such files."""
+        if not _HAS_UNNAMED:
+            return None
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(self.tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL):
+                return None
+            raise
+
+    def publish_unnamed(self, fd: int, *, digest: str, size_bytes: int, logical_path: str,
+                        sync: bool = True) -> ArtifactEntry | None:
+        """:meth:`publish` for a complete, fsynced :meth:`unnamed_temp` file: linked under the blob's name
+        (a new name directly; over a torn leftover of another size through a temp name and a rename).
+        None, and nothing named, where it cannot be linked (``/proc`` restricted); the caller closes ``fd``."""
+        blob = self.path_for(digest)
+        entry = ArtifactEntry(path=logical_path, digest=digest, size_bytes=size_bytes, store_path=blob)
+        if blob.is_file() and blob.stat().st_size == size_bytes:
+            return entry  # dedupe: the stored blob is kept, ours vanishes with its descriptor
+        shard_is_new = not blob.parent.is_dir()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if shard_is_new and sync:
+            fsync_dir(blob.parent.parent)
+        os.fchmod(fd, _BLOB_MODE)
+        source = f"/proc/self/fd/{fd}"  # linked with a folder descriptor: linkat(AT_SYMLINK_FOLLOW) follows it
+        folder = os.open(blob.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                os.link(source, blob.name, dst_dir_fd=folder, follow_symlinks=True)
+            except FileExistsError:  # a torn leftover (or a racing writer's identical blob): replaced whole
+                temp = f".blob-{os.urandom(16).hex()}.part"
+                os.link(source, temp, dst_dir_fd=folder, follow_symlinks=True)
+                try:
+                    os.replace(temp, blob.name, src_dir_fd=folder, dst_dir_fd=folder)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp, dir_fd=folder)
+                    raise
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EXDEV, errno.EOPNOTSUPP):
+                    return None
+                raise
+            if sync:
+                os.fsync(folder)
+        finally:
+            os.close(folder)
+        return entry
+
+    def publish(self, tmp: Path, *, digest: str, size_bytes: int, logical_path: str,
+                sync: bool = True) -> ArtifactEntry:
         """Move a complete temp file into place as the blob of ``digest``; the temp file is gone after.
 
         For writers that fill a temp file themselves (a reflink, an in-kernel copy): ``tmp``
         must lie in :attr:`tmp_dir` (the same file system), be fsynced, and hash to ``digest``
         with ``size_bytes`` bytes; the caller computed both from the temp file's own content.
+        ``sync=False``: the rename is not made durable here; the caller fsyncs the blob's folder and
+        :attr:`objects_dir` (a new shard folder) before relying on the name (many blobs, one fsync
+        per folder).
         """
         try:
             blob = self.path_for(digest)
@@ -216,10 +276,13 @@ class ArtifactStore:
             else:
                 shard_is_new = not blob.parent.is_dir()
                 blob.parent.mkdir(parents=True, exist_ok=True)
-                if shard_is_new:
+                if shard_is_new and sync:
                     fsync_dir(blob.parent.parent)
                 os.chmod(tmp, _BLOB_MODE)
-                replace_durably(tmp, blob)
+                if sync:
+                    replace_durably(tmp, blob)
+                else:
+                    os.replace(tmp, blob)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

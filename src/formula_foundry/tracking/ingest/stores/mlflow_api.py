@@ -67,10 +67,8 @@ import contextlib
 import ctypes
 import errno
 import functools
-import hashlib
 import itertools
 import logging
-import mmap
 import os
 import re
 import tempfile
@@ -89,6 +87,7 @@ from mlflow.tracking import MlflowClient
 
 from formula_foundry.errors import BlobError, StoreRejectedError, StoreUnavailableError
 from formula_foundry.substrate import ArtifactStore
+from formula_foundry.substrate._hashcopy import O_DIRECT, copy_hashed
 from formula_foundry.tracking.ingest.blobs import store_root
 from formula_foundry.substrate.store import validate_digest
 from formula_foundry.tracking.config import sqlite_path_of
@@ -109,8 +108,6 @@ log = logging.getLogger("formula_foundry.ingest")
 
 UPLOAD_WORKERS = 8  # concurrent uploads of one batch (many small files: latency-bound on HTTP and S3)
 LOCAL_UPLOAD_WORKERS = 4  # ... into a local artifact location: unnamed files let their creation run in parallel
-READ_CHUNK = 1 << 20  # blobs are hashed 1 MiB at a time: memory stays flat whatever their size
-DIRECT_ALIGN = 4096  # O_DIRECT writes: offsets and lengths in multiples of this (any block size up to 4 KiB)
 PROXIED_SCHEME = "mlflow-artifacts"  # an artifact location served by an mlflow server (--serve-artifacts)
 SERVER_REPOS_CACHED = 1024  # runs whose server repository is kept (as MLflow's _artifact_repos_cache)
 
@@ -222,32 +219,9 @@ def _unreadable(upload: Upload, blob: Path | str, exc: OSError) -> BlobError:
 
 def _verify_open_blob(upload: Upload, blob: Path | str, fd: int, copy_to: int | None, *,
                       direct: bool = False) -> None:
-    """:func:`verify_blob` of the blob open as ``fd``. ``direct``: ``copy_to`` was opened with ``O_DIRECT``;
-    each chunk is written whole at its offset, its tail zero-padded to :data:`DIRECT_ALIGN`, and the
-    file cut to the blob's size at the end (an ``EINVAL`` of the file system propagates)."""
-    hasher = hashlib.sha256()
-    view = _read_buffer()
-    size = 0
-    while True:
-        n = _fill(upload, blob, fd, view) if direct else _read(upload, blob, fd, view)
-        if not n:
-            break
-        chunk = view[:n]
-        hasher.update(chunk)
-        if direct:
-            padded = -(-n // DIRECT_ALIGN) * DIRECT_ALIGN
-            view[n:padded] = bytes(padded - n)
-            written = os.pwrite(copy_to, view[:padded], size)
-            if written != padded:  # (a full disk fails with ENOSPC; a short direct write is not expected)
-                raise OSError(errno.EIO, f"short direct write ({written} of {padded} bytes)")
-        elif copy_to is not None:
-            while chunk:
-                chunk = chunk[os.write(copy_to, chunk):]
-        size += n
-        if direct and n < len(view):
-            break  # the end of the blob (a fill stops short only there)
-    if direct and size % DIRECT_ALIGN:
-        os.ftruncate(copy_to, size)
+    """:func:`verify_blob` of the blob open as ``fd`` (``direct``: ``copy_to`` is ``O_DIRECT``; see
+    :func:`~formula_foundry.substrate._hashcopy.copy_hashed`, whose write errors propagate)."""
+    hasher, size = copy_hashed(fd, copy_to, direct=direct, on_read_error=lambda exc: _unreadable(upload, blob, exc))
     if size != upload.size_bytes:
         raise BlobError(f"blob {blob} holds {size} bytes, the record says {upload.size_bytes}: it is corrupt; "
                         "restore it, then ingest again", artifact_path=upload.path, digest=upload.digest,
@@ -256,37 +230,6 @@ def _verify_open_blob(upload: Upload, blob: Path | str, fd: int, copy_to: int | 
     if actual != upload.digest:
         raise BlobError(f"blob {blob} is corrupt: its content hashes to sha256 {actual}; restore it, then ingest "
                         "again", artifact_path=upload.path, digest=upload.digest, line=upload.line)
-
-
-def _read(upload: Upload, blob: Path | str, fd: int, view: memoryview) -> int:
-    """One read of the blob into ``view``: bytes read, 0 at its end."""
-    try:
-        return os.readv(fd, [view])
-    except OSError as exc:
-        raise _unreadable(upload, blob, exc) from None
-
-
-def _fill(upload: Upload, blob: Path | str, fd: int, view: memoryview) -> int:
-    """Read until ``view`` is full or the blob ends (direct writes need whole chunks at aligned offsets)."""
-    filled = 0
-    while filled < len(view):
-        n = _read(upload, blob, fd, view[filled:])
-        if not n:
-            break
-        filled += n
-    return filled
-
-
-_buffers = threading.local()
-
-
-def _read_buffer() -> memoryview:
-    """This thread's 1 MiB read buffer (allocated once per thread, not once per file): an anonymous
-    mapping, so page-aligned, as ``O_DIRECT`` writes from it need."""
-    view = getattr(_buffers, "view", None)
-    if view is None:
-        view = _buffers.view = memoryview(mmap.mmap(-1, READ_CHUNK))
-    return view
 
 
 def sync_filesystem(path: Path) -> None:
@@ -374,7 +317,6 @@ if hasattr(os, "register_at_fork"):
 
 
 _HAS_UNNAMED_FILES = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")  # O_TMPFILE, linked via /proc
-_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; 0: never direct
 
 
 class _Folder:
@@ -389,7 +331,7 @@ class _Folder:
     def unnamed_file(self, mode: int, *, direct: bool = False) -> int | None:
         """A new file without a name in this folder (``O_TMPFILE``), open for writing (``direct``: with
         ``O_DIRECT``); None where the file system or the kernel has none (or refuses ``O_DIRECT`` on it)."""
-        flags = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC | (_O_DIRECT if direct else 0)
+        flags = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC | (O_DIRECT if direct else 0)
         try:
             return os.open(".", flags, mode, dir_fd=self.fd)
         except OSError as exc:
@@ -447,7 +389,7 @@ class MlflowApi:
         self._temp_names = itertools.count()  # next() is atomic: unique names across upload threads
         self._swept: set[Path] = set()  # local artifact folders already cleared of earlier ingesters' leftovers
         self._unnamed_files = _HAS_UNNAMED_FILES  # False once the artifact location's file system refuses them
-        self._direct = bool(_O_DIRECT)  # ... and O_DIRECT with them (see "local artifact locations")
+        self._direct = bool(O_DIRECT)  # ... and O_DIRECT with them (see "local artifact locations")
 
     def _call(self, what: str, fn, *args, **kwargs):
         with store_errors(what, self.tracking_uri):
