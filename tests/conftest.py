@@ -39,6 +39,25 @@ def in_project(project: Path, monkeypatch) -> Path:
     return project
 
 
+def open_files_under(pid: int, folder: Path | str) -> list[str]:
+    """What process ``pid`` holds open under ``folder``, as /proc names it (a file without a name, an
+    ``O_TMPFILE`` copy not yet linked, shows as ``<folder>/#<inode> (deleted)``); [] once it is gone."""
+    prefix = str(folder).rstrip("/") + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    targets = []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            targets.append(target)
+    return targets
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")

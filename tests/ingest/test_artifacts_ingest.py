@@ -23,7 +23,7 @@ import pytest
 from formula_foundry.substrate import ArtifactStore
 from formula_foundry.tracking.ingest.plan import BatchBuilder, Limits
 from formula_foundry.tracking.journal import JournalReader, ReadPosition
-from tests.conftest import mlflow_client, run_ff_ingest
+from tests.conftest import mlflow_client, open_files_under, run_ff_ingest
 from tests.ingest import (
     artifact_files,
     child_env,
@@ -88,19 +88,8 @@ def in_flight_files(project: Path) -> list[Path]:
 def writing_unnamed(pid: int, project: Path) -> bool:
     """Whether process ``pid`` holds a file without a name open in the artifact location (``O_TMPFILE``: the
     ingester's copy before it is linked under its name); /proc shows it as ``<folder>/#<inode> (deleted)``."""
-    root = str(project / "data" / "mlflow" / "artifacts") + "/"
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(root) and target.endswith(" (deleted)") and "/#" in target:
-            return True
-    return False
+    return any(target.endswith(" (deleted)") and "/#" in target
+               for target in open_files_under(pid, project / "data" / "mlflow" / "artifacts"))
 
 
 # --------------------------------------------------------------------------- the round trip

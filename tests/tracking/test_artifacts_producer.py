@@ -28,7 +28,7 @@ from formula_foundry.errors import ArtifactNotFoundError, RunStateError, Validat
 from formula_foundry.substrate import ArtifactStore
 from formula_foundry.tracking import get_tracker
 from formula_foundry.tracking.journal import JournalReader
-from tests.conftest import subprocess_env
+from tests.conftest import open_files_under, subprocess_env
 
 MiB = 1 << 20
 
@@ -597,18 +597,7 @@ with get_tracker().start_run() as run:
 def _copying(pid: int, store: ArtifactStore) -> bool:
     """Whether process ``pid`` holds a file open in the store's tmp/ (its copy in progress: a named
     ``*.part``, or a file without a name, which /proc shows as ``tmp/#<inode> (deleted)``)."""
-    prefix = str(store.tmp_dir) + "/"
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
-                return True
-        except OSError:
-            continue
-    return False
+    return bool(open_files_under(pid, store.tmp_dir))
 
 
 def test_sigkill_during_the_copy_leaves_no_record_or_a_complete_one(project: Path, big_file: Path):
