@@ -22,14 +22,17 @@ import fcntl
 import hashlib
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["DIRECT_ALIGN", "O_DIRECT", "READ_CHUNK", "chunk_buffer", "copy_hashed", "set_direct"]
+__all__ = ["DIRECT_ALIGN", "O_DIRECT", "READ_CHUNK", "chunk_buffer", "copy_hashed", "set_direct", "start_writeback"]
 
 READ_CHUNK = 1 << 20  # read, hashed and written 1 MiB at a time: memory stays flat whatever the size
 DIRECT_ALIGN = 4096  # O_DIRECT offsets and lengths: a multiple of this (any logical block size up to 4 KiB)
 O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; 0 where there is none (never direct)
+
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 
 _buffers = threading.local()
 
@@ -108,3 +111,31 @@ def _fill(fd: int, view: memoryview, on_error: Callable[[OSError], BaseException
             break
         filled += n
     return filled
+
+
+_sync_file_range: Callable[[int, int, int, int], int] | None | bool = False  # False: not looked up yet
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Start (not wait for) writeback of a written range of ``fd`` (``length`` 0: to the end), so that the
+    fsync or ``syncfs`` that makes it durable has little left to do: ``sync_file_range(SYNC_FILE_RANGE_WRITE)``
+    on Linux, else nothing. Durability never depends on it; an error only loses the head start."""
+    global _sync_file_range
+    if _sync_file_range is False:
+        _sync_file_range = _find_sync_file_range()
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes  # deferred: keeps `import formula_foundry.tracking` cheap
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (ImportError, OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function

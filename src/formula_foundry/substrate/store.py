@@ -224,12 +224,8 @@ class ArtifactStore:
         None, and nothing named, where it cannot be linked (``/proc`` restricted); the caller closes ``fd``."""
         blob = self.path_for(digest)
         entry = ArtifactEntry(path=logical_path, digest=digest, size_bytes=size_bytes, store_path=blob)
-        if blob.is_file() and blob.stat().st_size == size_bytes:
+        if not _make_room(blob, size_bytes, sync=sync):
             return entry  # dedupe: the stored blob is kept, ours vanishes with its descriptor
-        shard_is_new = not blob.parent.is_dir()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        if shard_is_new and sync:
-            fsync_dir(blob.parent.parent)
         os.fchmod(fd, _BLOB_MODE)
         source = f"/proc/self/fd/{fd}"  # linked with a folder descriptor: linkat(AT_SYMLINK_FOLLOW) follows it
         folder = os.open(blob.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -271,13 +267,9 @@ class ArtifactStore:
             # Dedupe: an existing blob of the right size is kept and our copy dropped. A blob of
             # another size is a torn leftover of an older writer and is replaced. Two writers
             # racing on the same content both rename identical bytes, which is harmless.
-            if blob.is_file() and blob.stat().st_size == size_bytes:
+            if not _make_room(blob, size_bytes, sync=sync):
                 tmp.unlink()
             else:
-                shard_is_new = not blob.parent.is_dir()
-                blob.parent.mkdir(parents=True, exist_ok=True)
-                if shard_is_new and sync:
-                    fsync_dir(blob.parent.parent)
                 os.chmod(tmp, _BLOB_MODE)
                 if sync:
                     replace_durably(tmp, blob)
@@ -288,6 +280,19 @@ class ArtifactStore:
                 tmp.unlink()
             raise
         return ArtifactEntry(path=logical_path, digest=digest, size_bytes=size_bytes, store_path=blob)
+
+
+def _make_room(blob: Path, size_bytes: int, *, sync: bool) -> bool:
+    """False when ``blob`` is already stored whole (dedupe: an existing blob of the right size is kept; one of
+    another size is a torn leftover of an older writer, to be replaced); else its shard folder exists (made
+    durable where new, with ``sync``) and True."""
+    if blob.is_file() and blob.stat().st_size == size_bytes:
+        return False
+    shard_is_new = not blob.parent.is_dir()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    if shard_is_new and sync:
+        fsync_dir(blob.parent.parent)
+    return True
 
 
 def _read_chunks(fh: BinaryIO) -> Iterator[bytes]:

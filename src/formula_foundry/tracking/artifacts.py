@@ -80,7 +80,7 @@ from typing import Any
 from formula_foundry.errors import ArtifactNotFoundError, SubstrateError, ValidationError
 from formula_foundry.substrate import ArtifactEntry, ArtifactStore
 from formula_foundry.substrate._atomic import fsync_dir
-from formula_foundry.substrate._hashcopy import O_DIRECT, copy_hashed, set_direct
+from formula_foundry.substrate._hashcopy import O_DIRECT, copy_hashed, set_direct, start_writeback
 from formula_foundry.tracking.validation import artifact_path_problem
 
 __all__ = [
@@ -106,7 +106,6 @@ _KICK_BYTES = 32 << 20  # start writeback of the stored copy every this many wri
 _THREADED_MIN = 4 << 20  # below this a file is copied and hashed in one thread
 _SNAPSHOT_WORKERS = 4  # files of one log_artifacts copied at a time
 _SNAPSHOT_BATCH_MIN = 4  # fewer files than this: one after the other, each as log_artifact stores it
-_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 _CAN_FADVISE = hasattr(os, "posix_fadvise")
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _TABLE_FORBIDDEN = ('"', "'", ",", ":", "[", "]", "{", "}")  # MlflowClient._check_artifact_file_string
@@ -400,7 +399,7 @@ def _pipeline(src_fd: int, dst_fd: int | None) -> tuple[str, int]:
                     chunk = chunk[os.write(dst_fd, chunk):]
             offset += n
             if dst_fd is not None and offset - kicked >= _KICK_BYTES:
-                _start_writeback(dst_fd, kicked, offset - kicked)
+                start_writeback(dst_fd, kicked, offset - kicked)
                 if kicked and _CAN_FADVISE:  # the window before is written back by now: its pages can go
                     os.posix_fadvise(dst_fd, dropped, kicked - dropped, os.POSIX_FADV_DONTNEED)
                 dropped, kicked = kicked, offset
@@ -490,33 +489,6 @@ def _keep_buffers(buffers: list[bytearray]) -> None:
 
 class _Aborted(Exception):
     """The copy stopped on the caller's side; the hash thread drops what is left."""
-
-
-_sync_file_range: Callable[[int, int, int, int], int] | None | bool = False  # False: not looked up yet
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start (not wait for) writeback of a written range, so the final fsync has little left to do:
-    ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux, else nothing (the fsync does it all)."""
-    global _sync_file_range
-    if _sync_file_range is False:
-        _sync_file_range = _find_sync_file_range()
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error only loses the head start
-
-
-def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes  # deferred: only a big artifact needs it
-
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (ImportError, OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
 
 
 # --------------------------------------------------------------------------- MLflow's serialisations

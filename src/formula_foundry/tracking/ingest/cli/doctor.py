@@ -337,9 +337,7 @@ def open_doctor_api(cfg: Config, uri: str):
     """The ingester's own view of the store (same artifact locations, same upload path)."""
     from formula_foundry.tracking.ingest.stores.mlflow_api import MlflowApi
 
-    return MlflowApi(uri, artifact_root_uri=cfg.tracking.artifact_root_uri,
-                     sqlite_busy_timeout=cfg.ingest.sqlite_busy_timeout_seconds,
-                     artifacts_server_uri=cfg.tracking.artifacts_server_uri)
+    return MlflowApi.for_config(cfg, uri)
 
 
 def check_experiments(api, uri: str) -> Check:

@@ -75,9 +75,7 @@ def open_sink(config: Config, *, tracking_uri: str | None = None, sink: str | No
     if choice in ("auto", "bulk") and not is_http(uri):
         opened = open_bulk_sink(config, uri, folder, forced=choice == "bulk")
     if opened is None:
-        api = MlflowApi(uri, artifact_root_uri=config.tracking.artifact_root_uri,
-                        sqlite_busy_timeout=config.ingest.sqlite_busy_timeout_seconds,
-                        artifacts_server_uri=config.tracking.artifacts_server_uri)
+        api = MlflowApi.for_config(config, uri)
         checkpoints = open_checkpoint_file(folder) if lease is None else ObjectCheckpoints(
             lease.objects, store_key(uri), journal_root=mirror.journal_root, fence=lease.check)
         opened = MlflowSink(api, checkpoints, blob_roots=blob_roots(config))
@@ -132,8 +130,7 @@ def open_bulk_sink(config: Config, uri: str, state_folder: Path, forced: bool) -
     busy = config.ingest.sqlite_busy_timeout_seconds
 
     def mlflow_api() -> MlflowApi:  # experiments, runs, artifacts: through MLflow, which owns ids and defaults
-        return MlflowApi(uri, artifact_root_uri=config.tracking.artifact_root_uri, sqlite_busy_timeout=busy,
-                         artifacts_server_uri=config.tracking.artifacts_server_uri)
+        return MlflowApi.for_config(config, uri)
 
     api = None
     if db is not None and (not db.is_file() or db.stat().st_size == 0):

@@ -87,10 +87,10 @@ from mlflow.tracking import MlflowClient
 
 from formula_foundry.errors import BlobError, StoreRejectedError, StoreUnavailableError
 from formula_foundry.substrate import ArtifactStore
-from formula_foundry.substrate._hashcopy import O_DIRECT, copy_hashed
+from formula_foundry.substrate._hashcopy import O_DIRECT, copy_hashed, start_writeback
 from formula_foundry.tracking.ingest.blobs import store_root
 from formula_foundry.substrate.store import validate_digest
-from formula_foundry.tracking.config import sqlite_path_of
+from formula_foundry.tracking.config import Config, sqlite_path_of
 from formula_foundry.tracking.events import TAG_RUN_ID
 from formula_foundry.tracking.ingest.console_text import CONSOLE_ARTIFACT, ConsoleText
 from formula_foundry.tracking.ingest.schema import MLFLOW_RESERVED_PREFIX
@@ -102,7 +102,7 @@ from formula_foundry.tracking.ingest.stores.store_init import ensure_sqlite_stor
 from formula_foundry.tracking.ingest.uri import is_http, redact, scheme
 
 __all__ = ["LOCAL_UPLOAD_WORKERS", "UPLOAD_WORKERS", "MlflowApi", "MlflowSink", "locate_blob",
-           "needs_artifacts_server", "probe_store", "quiet_mlflow_logs", "start_writeback", "verify_blob"]
+           "needs_artifacts_server", "probe_store", "quiet_mlflow_logs", "verify_blob"]
 
 log = logging.getLogger("formula_foundry.ingest")
 
@@ -259,28 +259,6 @@ def _syncfs():
 _SYNCFS = _syncfs()
 
 
-def _sync_file_range():
-    """``sync_file_range`` of the C library (Linux), or None."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing a just-written file to disk without waiting (``sync_file_range(SYNC_FILE_RANGE_WRITE)``),
-    so the batch's ``syncfs`` finds it mostly written; a no-op where there is no such call. Durability
-    still comes from :func:`sync_filesystem` alone."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
 @functools.lru_cache(maxsize=64)
 def _stores(store_uri: str | None, blob_roots: tuple[Path, ...]) -> tuple[ArtifactStore, ...]:
     """The stores to look in for a blob of a record naming ``store_uri``, in order (cached: one per batch)."""
@@ -379,8 +357,7 @@ class MlflowApi:
         with store_errors("open the store", tracking_uri):
             self.client = MlflowClient(tracking_uri=uri)
         self._experiments: dict[str, str] = {}
-        self._artifact_dirs: dict[str, Path | None] = {}  # MLflow run id -> its local artifact folder (or None)
-        self._artifact_uris: dict[str, str] = {}  # MLflow run id -> its artifact location
+        self._artifact_uris: dict[str, str] = {}  # MLflow run id -> its artifact location (it never changes)
         self._server_repos: collections.OrderedDict = collections.OrderedDict()  # run id -> repository on it
         self._server_repos_lock = threading.Lock()  # (uploads run on threads)
         self._server_probed = False
@@ -390,6 +367,13 @@ class MlflowApi:
         self._swept: set[Path] = set()  # local artifact folders already cleared of earlier ingesters' leftovers
         self._unnamed_files = _HAS_UNNAMED_FILES  # False once the artifact location's file system refuses them
         self._direct = bool(O_DIRECT)  # ... and O_DIRECT with them (see "local artifact locations")
+
+    @classmethod
+    def for_config(cls, config: Config, uri: str) -> MlflowApi:
+        """The store at ``uri`` with ``config``'s artifact root, SQLite busy timeout and artifacts server."""
+        return cls(uri, artifact_root_uri=config.tracking.artifact_root_uri,
+                   sqlite_busy_timeout=config.ingest.sqlite_busy_timeout_seconds,
+                   artifacts_server_uri=config.tracking.artifacts_server_uri)
 
     def _call(self, what: str, fn, *args, **kwargs):
         with store_errors(what, self.tracking_uri):
@@ -571,11 +555,12 @@ class MlflowApi:
             return repo
 
     def _artifact_uri(self, mlflow_run_id: str) -> str:
-        """The run's artifact location (remembered; else one ``get_run``)."""
-        if mlflow_run_id not in self._artifact_uris:
+        """The run's artifact location: as :meth:`find_run` or :meth:`create_run` saw it, else one ``get_run``."""
+        uri = self._artifact_uris.get(mlflow_run_id)
+        if uri is None:
             run = self._call("get run", self.client.get_run, mlflow_run_id)
-            self._note_artifact_uri(mlflow_run_id, run.info.artifact_uri)
-        return self._artifact_uris.get(mlflow_run_id, "")
+            uri = self._artifact_uris[mlflow_run_id] = run.info.artifact_uri or ""
+        return uri
 
     @staticmethod
     def _each(items: list[Upload], fn: Callable[[int, Upload], None], *, workers: int) -> None:
@@ -641,20 +626,15 @@ class MlflowApi:
 
     def _local_artifact_dir(self, mlflow_run_id: str) -> Path | None:
         """The run's artifact folder when its artifact location is local (``file:``), else None."""
-        if mlflow_run_id not in self._artifact_dirs:
-            run = self._call("get run", self.client.get_run, mlflow_run_id)
-            self._note_artifact_uri(mlflow_run_id, run.info.artifact_uri)
-        return self._artifact_dirs.get(mlflow_run_id)
+        parts = urlsplit(self._artifact_uri(mlflow_run_id))
+        local = parts.scheme in ("", "file") and parts.netloc in ("", "localhost") and parts.path
+        return Path(url2pathname(parts.path)) if local else None
 
     def _note_artifact_uri(self, mlflow_run_id: str, artifact_uri: str | None) -> None:
         """Remember a run's artifact location (as :meth:`find_run` and :meth:`create_run` saw it): no ``get_run``
-        before its first upload. A run's artifact location never changes."""
-        if not artifact_uri:
-            return
-        self._artifact_uris[mlflow_run_id] = artifact_uri
-        parts = urlsplit(artifact_uri)
-        local = parts.scheme in ("", "file") and parts.netloc in ("", "localhost")
-        self._artifact_dirs[mlflow_run_id] = Path(url2pathname(parts.path)) if local else None
+        before its first upload."""
+        if artifact_uri:
+            self._artifact_uris[mlflow_run_id] = artifact_uri
 
     def _local_folders(self, root: Path, uploads: list[Upload]) -> dict[str, _Folder]:
         """The destination folder of every upload, created, checked to lie inside ``root`` (as MLflow checks
